@@ -1,0 +1,59 @@
+"""Adapter contract: which backbone parameters train, and how they are saved."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from metadg.config import StrictModel
+
+# Parameters new to the downstream model: they always train, whatever the adapter.
+ALWAYS_TRAINED = ("head.", "backbone.layer_weights")
+
+
+class Adapter(ABC):
+    """Decides the trainable parameter set of a Classifier and saves only that."""
+
+    Config: type[BaseModel] = StrictModel
+
+    def __init__(self, cfg: BaseModel) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def apply(self, model: nn.Module) -> None:
+        """Insert adapter modules into `model` in place and set requires_grad."""
+
+    def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Name → parameter for everything that trains (adapter + head)."""
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Only the trained tensors, detached and contiguous (safetensors-ready)."""
+        return {n: p.detach().contiguous() for n, p in self.trainable_parameters(model).items()}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load trained tensors; the key set must match what this adapter trains."""
+        params = self.trainable_parameters(model)
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise KeyError(
+                f"adapter state does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if params[name].shape != tensor.shape:
+                    raise ValueError(f"adapter state {name}: shape {tuple(tensor.shape)} != {tuple(params[name].shape)}")
+                params[name].copy_(tensor)
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold adapter weights into the base weights for inference (no-op unless overridden)."""
+
+
+def freeze_all_but_new(model: nn.Module) -> None:
+    """Freeze every parameter except the head and other always-trained ones."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(ALWAYS_TRAINED))

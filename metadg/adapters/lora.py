@@ -1,0 +1,72 @@
+"""LoRA on the backbone's attention projections, through peft."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from pydantic import Field
+from torch import nn
+
+from metadg.adapters.base import ALWAYS_TRAINED, Adapter
+from metadg.config import StrictModel
+from metadg.registry import ADAPTERS
+
+
+class LoRAConfig(StrictModel):
+    """Low-rank adapters W + (alpha/r)·B·A on the listed linear layers."""
+
+    r: int = Field(16, ge=1, description="rank of every adapter")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        description="names of the linear layers that get adapters, in every selected layer",
+    )
+    layers: list[int] | None = Field(None, description="transformer layer indices to adapt; default: all")
+    rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r)")
+
+
+@ADAPTERS.register("lora")
+class LoRA(Adapter):
+    """peft LoRA on attention (q/k/v/out) of every layer; the backbone stays frozen."""
+
+    Config = LoRAConfig
+
+    def apply(self, model: nn.Module) -> None:
+        """Wrap the backbone's HF model with peft LoRA layers; adapters + head train."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg: LoRAConfig = self.cfg
+        hf = model.backbone.model
+        names = {n.rsplit(".", 1)[-1] for n, m in hf.named_modules() if isinstance(m, nn.Linear)}
+        missing = [t for t in cfg.targets if t not in names]
+        if missing:
+            raise ValueError(f"adapter.targets: {missing} are not linear layers of this backbone (have: {sorted(names)})")
+        peft_cfg = LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.targets),
+            layers_to_transform=cfg.layers,
+            layers_pattern="layers" if cfg.layers is not None else None,
+            use_rslora=cfg.rslora,
+            bias="none",
+        )
+        with warnings.catch_warnings():
+            # transformers 5 deprecates an attribute peft still probes; not ours to fix.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            model.backbone.model = get_peft_model(hf, peft_cfg)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(ALWAYS_TRAINED) or ".lora_" in name)
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold B·A into the base weights and drop the peft wrappers."""
+        from peft import PeftModel
+
+        if isinstance(model.backbone.model, PeftModel):
+            model.backbone.model = model.backbone.model.merge_and_unload()
+
+    def save_peft(self, model: nn.Module, directory: str | Path) -> None:
+        """Write the adapters in peft's own format (adapter_config.json + safetensors)."""
+        model.backbone.model.save_pretrained(str(directory))

@@ -1,0 +1,164 @@
+"""Benchmarks: expand variants × grid into experiments, run them, tabulate and plot."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metadg.config import ConfigError, Experiment, apply_overrides, build_experiment, deep_merge, load_raw, set_dotted
+from metadg.tracking import Tracker
+from metadg.training import RunResult, Trainer
+
+
+@dataclass
+class Cell:
+    """One experiment of a benchmark, with its human label."""
+
+    label: str
+    experiment: Experiment
+
+
+def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Cell]]:
+    """Read a benchmark YAML; return its name and one validated Cell per variant × grid point."""
+    path = Path(path)
+    raw = apply_overrides(load_raw(path), overrides)
+    variants = raw.pop("variants", None) or [{}]
+    grid = raw.pop("grid", None) or {}
+    name = raw.pop("name", None) or path.stem
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise ConfigError(f"{path}: variants: must be a list of partial configs")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: grid: must map dotted keys to non-empty lists of values")
+    cells = []
+    for i, variant in enumerate(variants):
+        variant = dict(variant)
+        label = str(variant.pop("label", f"variant{i}"))
+        for values in itertools.product(*grid.values()):
+            data = deep_merge(raw, variant)
+            parts = [label] if len(variants) > 1 or not grid else []
+            for key, value in zip(grid, values):
+                set_dotted(data, key.split("."), value)
+                parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
+            cell_label = " ".join(parts) or label
+            data["name"] = f"{name}/{_slug(cell_label)}"
+            where = f"{path} [{cell_label}]"
+            cells.append(Cell(cell_label, build_experiment(data, source=where)))
+    labels = [c.label for c in cells]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: cells share the label(s) {dupes}; give each variant a distinct label")
+    return name, cells
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("name", yaml.safe_dump(value, default_flow_style=True).strip()))
+    return str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "cell"
+
+
+def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_dir: str | None = None) -> tuple[str, list[tuple[Cell, RunResult]]]:
+    """Run every cell under one parent MLflow run; write results.md/.csv and eer.png."""
+    name, cells = expand(path, overrides)
+    first = cells[0].experiment
+    root = Path(output_dir or first.output_dir) / name
+    tracker = Tracker(first.tracking)
+    parent = tracker.start(name, params={"benchmark": str(path), "cells": len(cells)}, tags={"metadg.kind": "benchmark"})
+    done: list[tuple[Cell, RunResult]] = []
+    status = "FAILED"
+    try:
+        for cell in cells:
+            trainer = Trainer(cell.experiment, tracker=tracker, run_dir=root / _slug(cell.label), parent_run_id=parent, tags={"cell": cell.label})
+            done.append((cell, trainer.fit()))
+        status = "FINISHED"
+    finally:
+        if done:
+            rows = results_rows(done)
+            root.mkdir(parents=True, exist_ok=True)
+            write_tables(rows, root)
+            plot_eer(rows, root / "eer.png")
+            for artifact in ("results.md", "results.csv", "eer.png"):
+                tracker.log_artifact(parent, root / artifact)
+        tracker.end(parent, status)
+    return str(root), done
+
+
+def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
+    """One row per cell: label, parameter counts, EER (%) per eval set and their average."""
+    rows = []
+    for cell, res in done:
+        row: dict[str, Any] = {
+            "system": cell.label,
+            "trainable": res.trainable_params,
+            "trainable_%": 100.0 * res.trainable_params / max(1, res.total_params),
+            "dev_eer_%": 100.0 * res.dev.get("eer", float("nan")),
+        }
+        eers = {f"{k}_eer_%": 100.0 * v["eer"] for k, v in res.eval.items() if "eer" in v}
+        row.update(eers)
+        if eers:
+            row["avg_eer_%"] = sum(eers.values()) / len(eers)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table; the lowest value of each EER column is in bold."""
+    if not rows:
+        return "(no results)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    best = {c: min(r[c] for r in rows if c in r) for c in cols if c.endswith("eer_%")}
+
+    def cell(row: dict[str, Any], col: str) -> str:
+        v = row.get(col, "")
+        if isinstance(v, float):
+            text = f"{v:.2f}"
+            return f"**{text}**" if col in best and v == best[col] and len(rows) > 1 else text
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_tables(rows: list[dict[str, Any]], directory: Path) -> None:
+    """results.md and results.csv in `directory`."""
+    (directory / "results.md").write_text(format_table(rows) + "\n", encoding="utf-8")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with (directory / "results.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_eer(rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bar chart: EER per evaluation set, one bar per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sets = [c for c in dict.fromkeys(k for r in rows for k in r) if c.endswith("eer_%") and c != "dev_eer_%"]
+    if not sets:
+        return
+    x = np.arange(len(sets))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(sets) + 2), 3.6))
+    for i, row in enumerate(rows):
+        ax.bar(x + i * width - 0.4 + width / 2, [row.get(s, np.nan) for s in sets], width, label=row["system"])
+    ax.set_xticks(x, [s.removesuffix("_eer_%") for s in sets])
+    ax.set_ylabel("EER (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,124 @@
+"""The `metadg` command: run, bench, list."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic_core import PydanticUndefined
+
+from metadg.config import ConfigError
+from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, RegistryError, describe
+
+EXIT_USAGE = 2
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. -o algorithm.beta=2.0 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="metadg", description="Meta-learning / domain generalization with pluggable adaptation.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and evaluate one experiment YAML")
+    run.add_argument("config")
+    _overrides(run)
+    run.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    bench = sub.add_parser("bench", help="run every cell of a benchmark YAML and print a results table")
+    bench.add_argument("config")
+    _overrides(bench)
+    bench.add_argument("--dry-run", action="store_true", help="list the cells and stop")
+    bench.add_argument("--output-dir", default=None, help="where run folders go (default: output_dir of the config)")
+    sub.add_parser("list", help="list registered plugins and their hyperparameters")
+    return parser
+
+
+def cmd_list() -> int:
+    """Print every registry, its plugins, their descriptions and hyperparameters with defaults."""
+    from metadg.tasks.spoof.corpora import CORPORA
+
+    for title, registry in (("algorithms", ALGORITHMS), ("adapters", ADAPTERS), ("tasks", TASKS),
+                            ("models (backbones)", MODELS), ("models (heads)", HEADS), ("spoof corpora", CORPORA)):
+        print(f"{title}:")
+        for name, cls in registry.items():
+            print(f"  {name:<16} {describe(cls)}")
+            for field_name, info in getattr(getattr(cls, "Config", None), "model_fields", {}).items():
+                default = "required" if info.default is PydanticUndefined and info.default_factory is None else (
+                    info.default_factory() if info.default_factory else info.default)
+                print(f"      {field_name} = {default!r:<18} {info.description or ''}")
+        print()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train one experiment and print its results."""
+    from metadg.config import load_config
+
+    exp = load_config(args.config, args.override)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(exp.to_dict(), sort_keys=False), end="")
+        return 0
+    if exp.tracking.enabled:
+        print(f"tracking: {exp.tracking.uri} (experiment {exp.tracking.experiment!r})")
+    from metadg.training import Trainer
+
+    result = Trainer(exp).fit()
+    print(f"run folder: {result.run_dir}  best step {result.best_step}  dev EER {100 * result.dev.get('eer', float('nan')):.2f} %")
+    for name, metrics in result.eval.items():
+        print(f"  {name:<20} EER {100 * metrics['eer']:.2f} %")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark and print its results table."""
+    from metadg.bench import expand, format_table, results_rows, run_benchmark
+
+    if args.dry_run:
+        name, cells = expand(args.config, args.override)
+        print(f"{name}: {len(cells)} cell(s)")
+        for cell in cells:
+            e = cell.experiment
+            print(f"  {cell.label:<28} algorithm={e.algorithm.name} adapter={e.adapter.name} seed={e.seed}")
+        return 0
+    root, done = run_benchmark(args.config, args.override, args.output_dir)
+    print()
+    print(format_table(results_rows(done)))
+    print(f"\nrun folders, tables and eer.png: {root}")
+    tracking = done[0][0].experiment.tracking if done else None
+    if tracking is not None and tracking.enabled:
+        print(f"MLflow runs: mlflow ui --backend-store-uri {tracking.uri}   (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `metadg` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_bench(args)
+    except (ConfigError, RegistryError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

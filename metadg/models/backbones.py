@@ -1,0 +1,143 @@
+"""Self-supervised speech encoders from HF transformers as feature extractors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from metadg.config import StrictModel
+from metadg.registry import MODELS
+
+# Shapes buildable without weights. `tiny` is what tests and the quickstart train
+# on CPU; `xlsr_300m` is wav2vec 2.0 XLS-R 300M (24 layers, 1024 hidden, 16 heads).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "model_type": "wav2vec2",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "conv_dim": [32] * 7,
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+        "mask_time_prob": 0.0,
+    },
+    "xlsr_300m": {
+        "model_type": "wav2vec2",
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+        "conv_bias": True,
+        "feat_proj_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "layerdrop": 0.1,
+        "mask_time_prob": 0.075,
+    },
+}
+
+
+class SSLConfig(StrictModel):
+    """Where the encoder comes from and which layer(s) feed the head."""
+
+    pretrained: str | None = Field(None, description="local Hugging Face checkpoint directory (never downloaded)")
+    preset: str | None = Field(None, description=f"named random-init shape: {', '.join(PRESETS)}")
+    config: dict[str, Any] | None = Field(
+        None, description="transformers config fields for random init (model_type defaults to wav2vec2)"
+    )
+    layer: Literal["last", "weighted"] | int = Field(
+        "last", description="'last' hidden state, a learned 'weighted' sum of all layers, or a layer index"
+    )
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="attention kernel; second-order MLDG needs 'eager'"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SSLConfig:
+        given = [k for k in ("pretrained", "preset", "config") if getattr(self, k) is not None]
+        if len(given) > 1 and not (given == ["preset", "config"]):
+            raise ValueError(f"give one of pretrained / preset / config (got {', '.join(given)})")
+        if not given:
+            raise ValueError("give pretrained: <local dir>, preset: <name> or config: {...}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} (valid: {', '.join(PRESETS)})")
+        return self
+
+
+@MODELS.register("ssl")
+class SSLBackbone(nn.Module):
+    """HF transformers audio encoder (wav2vec 2.0, XLS-R, HuBERT, WavLM, data2vec-audio)."""
+
+    Config = SSLConfig
+
+    def __init__(self, cfg: SSLConfig) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.cfg = cfg
+        want_all = cfg.layer != "last"
+        if cfg.pretrained is not None:
+            path = Path(cfg.pretrained).expanduser()
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model.backbone.pretrained: {path} is not a Hugging Face checkpoint directory "
+                    "(expected config.json and model weights; metadg never downloads weights)"
+                )
+            self.model = AutoModel.from_pretrained(
+                str(path), local_files_only=True, attn_implementation=cfg.attn_implementation
+            )
+        else:
+            fields = dict(PRESETS[cfg.preset]) if cfg.preset else {}
+            fields.update(cfg.config or {})
+            model_type = fields.pop("model_type", "wav2vec2")
+            hf_cfg = AutoConfig.for_model(model_type, **fields)
+            self.model = AutoModel.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
+        hf = self.model.config
+        self.out_dim: int = int(hf.hidden_size)
+        self.num_layers: int = int(hf.num_hidden_layers)
+        self.num_heads: int = int(hf.num_attention_heads)
+        self._want_all = want_all
+        if isinstance(cfg.layer, int) and not -self.num_layers - 1 <= cfg.layer <= self.num_layers:
+            raise ValueError(f"model.backbone.layer: {cfg.layer} out of range for {self.num_layers} layers")
+        # Hidden states = embeddings + one per layer.
+        self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if cfg.layer == "weighted" else None
+
+    def frame_mask(self, lengths: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
+        """Boolean (B, F) mask of valid frames for waveforms of `lengths` samples."""
+        if lengths is None:
+            return None
+        frames = self.model._get_feat_extract_output_lengths(lengths)
+        return torch.arange(n_frames, device=lengths.device)[None, :] < frames[:, None]
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) waveforms → (B, F, H) features and a (B, F) valid-frame mask (None if unpadded)."""
+        attention_mask = None
+        if lengths is not None:
+            attention_mask = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).long()
+        out = self.model(wave, attention_mask=attention_mask, output_hidden_states=self._want_all)
+        if self.cfg.layer == "last":
+            feats = out.last_hidden_state
+        elif self.cfg.layer == "weighted":
+            stacked = torch.stack(out.hidden_states, dim=0)
+            weights = torch.softmax(self.layer_weights, dim=0).to(stacked.dtype)
+            feats = (weights[:, None, None, None] * stacked).sum(0)
+        else:
+            feats = out.hidden_states[self.cfg.layer]
+        return feats, self.frame_mask(lengths, feats.shape[1])
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The wrapped transformers model (a PeftModel once LoRA is applied)."""
+        return self.model

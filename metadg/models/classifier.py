@@ -1,0 +1,33 @@
+"""A backbone followed by a head: the model every algorithm trains."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metadg.config import Plugin
+
+
+class Classifier(nn.Module):
+    """Waveforms → logits; `score()` gives the bona fide log-odds used as detection score."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) → (B, C) logits."""
+        feats, mask = self.backbone(inputs, lengths)
+        return self.head(feats, mask)
+
+    @staticmethod
+    def score_from_logits(logits: torch.Tensor) -> torch.Tensor:
+        """Class-1 minus class-0 logit: the log-odds of bona fide (higher = more bona fide)."""
+        return logits[:, 1] - logits[:, 0]
+
+
+def build_model(backbone: Plugin, head: Plugin, num_classes: int = 2) -> Classifier:
+    """Instantiate backbone and head from their validated plugin configs."""
+    bb = backbone.build()
+    return Classifier(bb, head.build(bb.out_dim, num_classes))

@@ -1,0 +1,40 @@
+"""Classification heads over frame features."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from metadg.config import StrictModel
+from metadg.registry import HEADS
+
+
+def masked_mean(feats: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over frames, ignoring padded frames when a mask is given."""
+    if mask is None:
+        return feats.mean(dim=1)
+    m = mask.to(feats.dtype).unsqueeze(-1)
+    return (feats * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class LinearHeadConfig(StrictModel):
+    """Mean pooling followed by dropout and one linear layer."""
+
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the linear layer")
+
+
+@HEADS.register("linear")
+class LinearHead(nn.Module):
+    """Mean-pooled features → linear classifier."""
+
+    Config = LinearHeadConfig
+
+    def __init__(self, cfg: LinearHeadConfig, in_dim: int, num_classes: int = 2) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(in_dim, num_classes)
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, H) features → (B, num_classes) logits."""
+        return self.proj(self.dropout(masked_mean(feats, mask)))

@@ -1,0 +1,144 @@
+"""The task contract: labelled utterances with domain attributes, batches, metrics."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+
+@dataclass
+class Batch:
+    """Fixed-size model input: waveforms (B, T), integer labels (B,), optional valid lengths."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move every tensor to `device`."""
+        lengths = None if self.lengths is None else self.lengths.to(device)
+        return Batch(self.inputs.to(device), self.labels.to(device), lengths)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @staticmethod
+    def cat(batches: Sequence[Batch]) -> Batch:
+        """Concatenate batches along the batch axis (pooling domains)."""
+        lengths = None
+        if any(b.lengths is not None for b in batches):
+            lengths = torch.cat([
+                b.lengths if b.lengths is not None else torch.full((len(b),), b.inputs.shape[-1]) for b in batches
+            ])
+        return Batch(torch.cat([b.inputs for b in batches]), torch.cat([b.labels for b in batches]), lengths)
+
+
+class Utterances:
+    """A labelled list of utterances with string attributes, audio loaded on demand."""
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        attrs: dict[str, Sequence[str]],
+        loader: Callable[[int], np.ndarray],
+        name: str = "",
+    ) -> None:
+        self.ids = list(ids)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.attrs = {k: list(v) for k, v in attrs.items()}
+        self.loader = loader
+        self.name = name
+        n = len(self.ids)
+        if self.labels.shape != (n,):
+            raise ValueError(f"{name or 'utterances'}: {n} ids but {self.labels.shape[0]} labels")
+        for key, values in self.attrs.items():
+            if len(values) != n:
+                raise ValueError(f"{name or 'utterances'}: attribute {key!r} has {len(values)} values for {n} ids")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> np.ndarray:
+        """Waveform of utterance `index` as float32 mono at the library's sample rate."""
+        return self.loader(index)
+
+    def attr(self, key: str) -> list[str]:
+        """Column of attribute `key`; the error lists the attributes that exist."""
+        if key not in self.attrs:
+            raise KeyError(f"{self.name or 'utterances'}: no attribute {key!r} (have: {', '.join(sorted(self.attrs))})")
+        return self.attrs[key]
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> Utterances:
+        """A view on some utterances; audio still comes from the parent's loader."""
+        idx = [int(i) for i in indices]
+        return Utterances(
+            [self.ids[i] for i in idx],
+            self.labels[idx],
+            {k: [v[i] for i in idx] for k, v in self.attrs.items()},
+            _SubsetLoader(self.loader, idx),
+            name if name is not None else self.name,
+        )
+
+
+@dataclass
+class _SubsetLoader:
+    # A class, not a lambda, so subsets stay picklable for data-loader workers.
+    parent: Callable[[int], np.ndarray]
+    indices: list[int]
+
+    def __call__(self, index: int) -> np.ndarray:
+        return self.parent(self.indices[index])
+
+
+class Task(ABC):
+    """A domain-generalization problem: source domains to train on, dev and eval sets, metrics."""
+
+    Config: type[BaseModel]
+    num_classes: int = 2
+    #: metric used for model selection; lower is better
+    selection_metric: str = "eer"
+
+    def __init__(self, cfg: BaseModel, *, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.seed = seed
+
+    @property
+    @abstractmethod
+    def domain_key(self) -> str:
+        """Attribute whose values are the domains."""
+
+    @abstractmethod
+    def train_set(self) -> Utterances:
+        """Training utterances; domains are the values of `domain_key`."""
+
+    @abstractmethod
+    def dev_set(self) -> Utterances:
+        """Held-out utterances of the source domains for model selection."""
+
+    @abstractmethod
+    def eval_sets(self) -> dict[str, Utterances]:
+        """Named evaluation sets (unseen domains, other corpora)."""
+
+    @property
+    @abstractmethod
+    def crop_samples(self) -> int:
+        """Training crop length in samples."""
+
+    @abstractmethod
+    def metrics(self, scores: np.ndarray, utts: Utterances) -> dict[str, float]:
+        """Metrics of `scores` on `utts`; must include `selection_metric`."""
+
+    def class_index(self, name: str) -> int:
+        """Index of a class name used in config (e.g. class_weights keys)."""
+        raise KeyError(name)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts worth logging (sizes, domains)."""
+        return {}

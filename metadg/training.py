@@ -1,0 +1,300 @@
+"""Trainer and DomainBatcher: domain-balanced steps, evaluation, early stopping, best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from metadg.adapters.base import Adapter
+from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
+from metadg.config import Experiment, build_experiment, dump_yaml
+from metadg.evaluation import score_utterances, write_score_csv, write_score_file
+from metadg.models.classifier import Classifier, build_model
+from metadg.tasks.base import Batch, Task, Utterances
+from metadg.tasks.spoof.audio import fit_length
+from metadg.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class DomainBatcher:
+    """Draws one batch per source domain each step; bona fide comes from a shared pool by default."""
+
+    def __init__(
+        self,
+        utts: Utterances,
+        *,
+        domain_key: str,
+        batch_per_domain: int,
+        bonafide_fraction: float,
+        crop_samples: int,
+        share_bonafide: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.utts = utts
+        self.crop_samples = crop_samples
+        self.n_bona = min(batch_per_domain - 1, max(1, round(batch_per_domain * bonafide_fraction)))
+        self.n_spoof = batch_per_domain - self.n_bona
+        values = np.asarray(utts.attr(domain_key), dtype=object)
+        spoof = utts.labels == 0
+        self.domains = sorted({str(v) for v in values[spoof]})
+        if not self.domains:
+            raise ValueError(f"{utts.name}: no spoof utterances, so no '{domain_key}' domains to train on")
+        self.spoof_pools = {d: np.flatnonzero(spoof & (values == d)) for d in self.domains}
+        bona = utts.labels == 1
+        if share_bonafide:
+            pool = np.flatnonzero(bona)
+            self.bona_pools = {d: pool for d in self.domains}
+        else:
+            self.bona_pools = {d: np.flatnonzero(bona & (values == d)) for d in self.domains}
+        empty = [d for d, p in self.bona_pools.items() if p.size == 0]
+        if empty:
+            raise ValueError(f"{utts.name}: no bona fide utterances for domain(s) {empty}")
+        self.rng = np.random.default_rng(seed)
+
+    def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
+        return self.rng.choice(pool, size=n, replace=pool.size < n)
+
+    def next(self) -> dict[str, Batch]:
+        """{domain: Batch} with bona fide first, then that domain's spoofs, cropped to fixed length."""
+        out = {}
+        for d in self.domains:
+            idx = np.concatenate([self._draw(self.bona_pools[d], self.n_bona), self._draw(self.spoof_pools[d], self.n_spoof)])
+            waves = np.stack([fit_length(self.utts.load(int(i)), self.crop_samples, self.rng) for i in idx])
+            out[d] = Batch(torch.from_numpy(waves), torch.from_numpy(self.utts.labels[idx]))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler position (the RNG state)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position."""
+        self.rng.bit_generator.state = state["rng"]
+
+
+def build_model_and_adapter(exp: Experiment, num_classes: int = 2) -> tuple[Classifier, Adapter]:
+    """The model with its adapter applied; the base weights depend only on exp.seed."""
+    torch.manual_seed(exp.seed)
+    model = build_model(exp.backbone, exp.head, num_classes)
+    adapter = exp.adapter.build()
+    adapter.apply(model)
+    return model, adapter
+
+
+def make_loss(task: Task, class_weights: dict[str, float] | None, device: torch.device) -> nn.Module:
+    """Cross-entropy, weighted per class name when asked."""
+    weight = None
+    if class_weights:
+        weight = torch.ones(task.num_classes)
+        for name, w in class_weights.items():
+            weight[task.class_index(name)] = w
+        weight = weight.to(device)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Experiment, Classifier, Adapter, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint folder; refuses mismatching base weights."""
+    tensors, meta = read_checkpoint(checkpoint)
+    exp = build_experiment(meta["config"], source=str(Path(checkpoint) / "meta.json"))
+    model, adapter = build_model_and_adapter(exp)
+    if meta.get("frozen_fingerprint") not in (None, frozen_fingerprint(model)):
+        raise CheckpointError(
+            f"{checkpoint}: the frozen backbone rebuilt from the saved config differs from the one trained "
+            "(changed pretrained weights or transformers version?)"
+        )
+    adapter.load_state_dict(model, tensors)
+    return exp, model.to(device).eval(), adapter, meta
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+@dataclass
+class RunResult:
+    """What one finished experiment produced."""
+
+    name: str
+    run_dir: str
+    best_step: int
+    steps_done: int
+    trainable_params: int
+    total_params: int
+    dev: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def unique_dir(root: Path, name: str) -> Path:
+    """root/name, or root/name-1, root/name-2, ... if it is taken."""
+    path, i = root / name, 0
+    while path.exists():
+        i += 1
+        path = root / f"{name}-{i}"
+    return path
+
+
+class Trainer:
+    """Owns optimizer, schedule, clipping, evaluation, checkpoints and tracking for one experiment."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        *,
+        tracker: Tracker | None = None,
+        run_dir: str | Path | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.exp = exp
+        self.tracker = tracker if tracker is not None else Tracker(exp.tracking)
+        self.run_dir = Path(run_dir) if run_dir else unique_dir(Path(exp.output_dir), exp.name)
+        self.parent_run_id = parent_run_id
+        self.tags = tags or {}
+        self.device = resolve_device(exp.train.device)
+
+    def fit(self) -> RunResult:
+        """Train, select on dev, evaluate the best checkpoint on every eval set."""
+        exp, tc = self.exp, self.exp.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
+        seed_everything(exp.seed)
+        task: Task = exp.task.build(seed=exp.seed)
+        model, adapter = build_model_and_adapter(exp, task.num_classes)
+        model.to(self.device)
+        params = adapter.trainable_parameters(model)
+        trainable, total = count_parameters(model)
+        fingerprint = frozen_fingerprint(model)
+        algorithm = exp.algorithm.build(model, params, make_loss(task, tc.class_weights, self.device), seed=exp.seed)
+        optimizer = torch.optim.AdamW(params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        train_set, dev_set = task.train_set(), task.dev_set()
+        batcher = DomainBatcher(
+            train_set,
+            domain_key=task.domain_key,
+            batch_per_domain=tc.batch_per_domain,
+            bonafide_fraction=tc.bonafide_fraction,
+            crop_samples=task.crop_samples,
+            share_bonafide=getattr(task.cfg, "share_bonafide", True),
+            seed=exp.seed,
+        )
+        run_id = self.tracker.start(
+            exp.name,
+            params=exp.to_dict(),
+            tags={"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name, **self.tags},
+            parent_run_id=self.parent_run_id,
+        )
+        self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": ",".join(batcher.domains)})
+        self.tracker.log_artifact(run_id, self.run_dir / "config.yaml")
+        best_dir = self.run_dir / "checkpoints" / "best"
+        status = "FAILED"
+        try:
+            best_step, steps_done, dev = self._loop(
+                model, params, algorithm, optimizer, scheduler, batcher, task, dev_set, adapter, best_dir, fingerprint, run_id
+            )
+            tensors, _ = read_checkpoint(best_dir)
+            adapter.load_state_dict(model, tensors)
+            results = self._evaluate(model, task, run_id)
+            status = "FINISHED"
+        finally:
+            self.tracker.end(run_id, status)
+        result = RunResult(exp.name, str(self.run_dir), best_step, steps_done, trainable, total, dev, results, run_id)
+        (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+        return result
+
+    def _lr_factor(self, step: int) -> float:
+        tc = self.exp.train
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        if tc.schedule == "cosine":
+            progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    def _loop(self, model, params, algorithm, optimizer, scheduler, batcher, task, dev_set, adapter, best_dir, fingerprint, run_id):  # noqa: ANN001, ANN202
+        tc = self.exp.train
+        best, best_step, best_dev, stale = math.inf, 0, {}, 0
+        running: dict[str, float] = {}
+        bar = tqdm(range(1, tc.steps + 1), desc=self.exp.name, disable=None if tc.progress else True, unit="step", dynamic_ncols=True)
+        step = 0
+        for step in bar:
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            batches = {d: b.to(self.device) for d, b in batcher.next().items()}
+            metrics = algorithm.update(batches)
+            if tc.grad_clip is not None:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(list(params.values()), tc.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            for k, v in metrics.items():
+                running[k] = running.get(k, 0.0) + v
+            if step % 10 == 0 or step == tc.steps:
+                n = 10 if step % 10 == 0 else step % 10
+                means = {f"train/{k}": v / n for k, v in running.items()}
+                means["train/lr"] = scheduler.get_last_lr()[0]
+                self.tracker.log_metrics(run_id, means, step)
+                bar.set_postfix(loss=f"{means['train/loss']:.3f}", best_dev=f"{best:.4f}" if best < math.inf else "-")
+                running = {}
+            if step % tc.eval_every == 0 or step == tc.steps:
+                scores = score_utterances(model, dev_set, batch_size=tc.eval_batch_size, device=self.device, progress=False)
+                dev = task.metrics(scores, dev_set)
+                self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, step)
+                value = dev[task.selection_metric]
+                if value < best:
+                    best, best_step, best_dev, stale = value, step, dev, 0
+                    save_checkpoint(best_dir, adapter.state_dict(model), {
+                        "config": self.exp.to_dict(), "step": step, "dev": dev, "frozen_fingerprint": fingerprint,
+                    })
+                else:
+                    stale += 1
+                    if tc.patience is not None and stale >= tc.patience:
+                        log.info("early stop at step %d: dev %s did not improve for %d evaluations", step, task.selection_metric, stale)
+                        break
+        bar.close()
+        self.tracker.log_metrics(run_id, {f"best_dev/{k}": v for k, v in best_dev.items()} | {"best_step": best_step}, step)
+        return best_step, step, best_dev
+
+    def _evaluate(self, model: nn.Module, task: Task, run_id: str | None) -> dict[str, dict[str, float]]:
+        tc = self.exp.train
+        results: dict[str, dict[str, float]] = {}
+        score_dir = self.run_dir / "scores"
+        for name, utts in task.eval_sets().items():
+            scores = score_utterances(model, utts, batch_size=tc.eval_batch_size, device=self.device, progress=tc.progress, desc=f"eval {name}")
+            results[name] = task.metrics(scores, utts)
+            write_score_file(score_dir / f"{name}.txt", utts, scores)
+            write_score_csv(score_dir / f"{name}.csv", utts, scores)
+            self.tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in results[name].items()})
+        if results:
+            avg = float(np.mean([r[task.selection_metric] for r in results.values()]))
+            self.tracker.log_metrics(run_id, {f"eval/avg_{task.selection_metric}": avg})
+        if score_dir.exists():
+            self.tracker.log_artifact(run_id, score_dir, "scores")
+        self.tracker.log_artifact(run_id, self.run_dir / "checkpoints" / "best", "checkpoint")
+        return results

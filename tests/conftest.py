@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny experiment on a small synthetic corpus cached per session."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+    """One synthetic-corpus cache folder shared by every xdist worker of this session."""
+    # Under xdist each worker has its own basetemp below a shared parent; the
+    # cache writes atomically, so workers can share it safely.
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if root.name.startswith("popen-gw") else root
+    path = shared / "synthetic-cache"
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_config(synthetic_cache, tmp_path):
+    """A complete, fast experiment mapping (tracking off; tests turn it on where needed)."""
+    corpus = {"name": "synthetic", "cache_dir": synthetic_cache, "duration_s": 0.5}
+    return copy.deepcopy({
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(tmp_path / "runs"),
+        "task": {
+            "name": "spoof_detection",
+            "train": {**corpus, "split": "train", "n_bonafide": 40, "n_per_attack": 20},
+            "dev": {**corpus, "split": "dev", "n_bonafide": 20, "n_per_attack": 10},
+            "eval": {"all": {**corpus, "split": "eval", "n_bonafide": 20, "n_per_attack": 10}},
+            "crop_samples": 8000,
+        },
+        "model": {"backbone": {"name": "ssl", "preset": "tiny"}, "head": {"name": "linear"}},
+        "adapter": {"name": "lora", "r": 4},
+        "algorithm": {"name": "erm"},
+        "train": {"steps": 6, "eval_every": 3, "batch_per_domain": 4, "lr": 0.005, "progress": False},
+        "tracking": {"enabled": False},
+    })

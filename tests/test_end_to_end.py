@@ -1,0 +1,122 @@
+"""A tiny experiment end to end: trains, tracks in MLflow, its checkpoint reloads to the same scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from metadg.checkpoint import CheckpointError
+from metadg.config import build_experiment
+from metadg.evaluation import score_utterances
+from metadg.training import DomainBatcher, Trainer, load_trained
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    return {u: float(s) for u, s in (line.split() for line in path.read_text().splitlines())}
+
+
+@pytest.fixture
+def tracked(tiny_config, tmp_path):
+    tiny_config["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "e2e"}
+    tiny_config["algorithm"] = {"name": "mldg"}
+    return tiny_config
+
+
+def test_tiny_experiment_trains_tracks_and_reloads(tracked, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    exp = build_experiment(tracked)
+    result = Trainer(exp).fit()
+    run_dir = Path(result.run_dir)
+
+    # What the run folder holds
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert build_experiment(saved).to_dict() == exp.to_dict()
+    assert json.loads((run_dir / "results.json").read_text())["best_step"] == result.best_step
+    assert 0 < result.trainable_params < result.total_params
+    assert set(result.eval) == {"all"} and 0.0 <= result.eval["all"]["eer"] <= 1.0
+    assert any(k.startswith("eer/") for k in result.eval["all"])  # per-domain breakdown
+
+    # What MLflow holds, read back through its client
+    client = MlflowClient(tracking_uri=exp.tracking.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["algorithm.name"] == "mldg"
+    assert run.data.params["adapter.r"] == "4"
+    assert int(run.data.params["trainable_params"]) == result.trainable_params
+    assert run.data.metrics["eval/all/eer"] == pytest.approx(result.eval["all"]["eer"])
+    dev_history = client.get_metric_history(result.run_id, "dev/eer")
+    assert [m.step for m in dev_history] == [3, 6]
+    assert len(client.get_metric_history(result.run_id, "train/loss")) >= 1
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "scores", "checkpoint"} <= artifacts
+
+    # The best checkpoint rebuilds the model and reproduces the saved scores
+    _, model, _, meta = load_trained(run_dir / "checkpoints" / "best")
+    assert meta["step"] == result.best_step
+    task = exp.task.build(seed=exp.seed)
+    dev = task.dev_set()
+    dev_eer = task.metrics(score_utterances(model, dev, progress=False), dev)["eer"]
+    assert dev_eer == pytest.approx(meta["dev"]["eer"], abs=1e-12)
+    evals = task.eval_sets()["all"]
+    rescored = score_utterances(model, evals, progress=False)
+    saved_scores = read_scores(run_dir / "scores" / "all.txt")
+    np.testing.assert_allclose(rescored, [saved_scores[u] for u in evals.ids], atol=2e-6)
+
+
+def test_same_seed_same_scores(tiny_config, tmp_path):
+    first = Trainer(build_experiment(tiny_config)).fit()
+    second = Trainer(build_experiment(tiny_config)).fit()
+    assert first.run_dir != second.run_dir
+    a = (Path(first.run_dir) / "scores" / "all.txt").read_text()
+    b = (Path(second.run_dir) / "scores" / "all.txt").read_text()
+    assert a == b
+    tiny_config["seed"] = 1
+    third = Trainer(build_experiment(tiny_config)).fit()
+    assert (Path(third.run_dir) / "scores" / "all.txt").read_text() != a
+
+
+def test_early_stopping_stops_before_the_last_step(tiny_config):
+    tiny_config["train"].update({"steps": 40, "eval_every": 1, "patience": 1, "lr": 1e-9})
+    result = Trainer(build_experiment(tiny_config)).fit()
+    assert result.steps_done < 40
+
+
+def test_checkpoint_from_different_base_weights_is_refused(tiny_config):
+    result = Trainer(build_experiment(tiny_config)).fit()
+    ckpt = Path(result.run_dir) / "checkpoints" / "best"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["config"]["seed"] = 123  # rebuilds a different random backbone
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="frozen backbone"):
+        load_trained(ckpt)
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04K\x01.", b"not json"])
+def test_non_checkpoint_is_refused(tmp_path, content):
+    (tmp_path / "meta.json").write_bytes(content)
+    (tmp_path / "trainable.safetensors").write_bytes(content)
+    with pytest.raises(CheckpointError):
+        load_trained(tmp_path)
+
+
+def test_domain_batcher_balances_domains_and_shares_bonafide(tiny_config):
+    exp = build_experiment(tiny_config)
+    task = exp.task.build(seed=0)
+    utts = task.train_set()
+    batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=6, bonafide_fraction=0.5, crop_samples=1234, seed=0)
+    batches = batcher.next()
+    spoof_attacks = sorted({a for a, y in zip(utts.attrs["attack"], utts.labels) if y == 0})
+    assert sorted(batches) == spoof_attacks
+    for b in batches.values():
+        assert b.inputs.shape == (6, 1234)
+        assert b.labels.tolist() == [1, 1, 1, 0, 0, 0]
+    state = batcher.state_dict()
+    nxt = batcher.next()
+    batcher.load_state_dict(state)
+    again = batcher.next()
+    assert all(np.array_equal(nxt[d].inputs, again[d].inputs) for d in nxt)
