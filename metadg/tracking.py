@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,11 +44,13 @@ class Tracker:
         self.experiment_id: str | None = None
         if not cfg.enabled:
             return
+        # MLflow logs schema migrations of a new sqlite store at INFO; keep the
+        # console for our own progress unless the user asked for MLflow's chatter.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         from mlflow.tracking import MlflowClient
 
         if cfg.uri.startswith("sqlite:///"):
             Path(cfg.uri[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-        # MLflow's sqlite store chatters about schema migrations on first use.
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=cfg.uri)
         exp = self.client.get_experiment_by_name(cfg.experiment)

@@ -180,54 +180,63 @@ class Trainer:
         self.tags = tags or {}
         self.device = resolve_device(exp.train.device)
 
-    def fit(self) -> RunResult:
-        """Train, select on dev, evaluate the best checkpoint on every eval set."""
+    def setup(self) -> None:
+        """Build task, model, adapter, algorithm, optimizer, schedule and batcher (seeded)."""
         exp, tc = self.exp, self.exp.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
         seed_everything(exp.seed)
-        task: Task = exp.task.build(seed=exp.seed)
-        model, adapter = build_model_and_adapter(exp, task.num_classes)
-        model.to(self.device)
-        params = adapter.trainable_parameters(model)
-        trainable, total = count_parameters(model)
-        fingerprint = frozen_fingerprint(model)
-        algorithm = exp.algorithm.build(model, params, make_loss(task, tc.class_weights, self.device), seed=exp.seed)
-        optimizer = torch.optim.AdamW(params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        train_set, dev_set = task.train_set(), task.dev_set()
-        batcher = DomainBatcher(
-            train_set,
-            domain_key=task.domain_key,
+        self.task: Task = exp.task.build(seed=exp.seed)
+        self.model, self.adapter = build_model_and_adapter(exp, self.task.num_classes)
+        self.model.to(self.device)
+        self.params = self.adapter.trainable_parameters(self.model)
+        self.fingerprint = frozen_fingerprint(self.model)
+        loss_fn = make_loss(self.task, tc.class_weights, self.device)
+        self.algorithm = exp.algorithm.build(self.model, self.params, loss_fn, seed=exp.seed)
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.dev_set = self.task.dev_set()
+        self.batcher = DomainBatcher(
+            self.task.train_set(),
+            domain_key=self.task.domain_key,
             batch_per_domain=tc.batch_per_domain,
             bonafide_fraction=tc.bonafide_fraction,
-            crop_samples=task.crop_samples,
-            share_bonafide=getattr(task.cfg, "share_bonafide", True),
+            crop_samples=self.task.crop_samples,
+            share_bonafide=getattr(self.task.cfg, "share_bonafide", True),
             seed=exp.seed,
         )
+
+    def fit(self) -> RunResult:
+        """Train, select on dev, evaluate the best checkpoint on every eval set."""
+        exp = self.exp
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
+        self.setup()
+        trainable, total = count_parameters(self.model)
         run_id = self.tracker.start(
             exp.name,
             params=exp.to_dict(),
             tags={"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name, **self.tags},
             parent_run_id=self.parent_run_id,
         )
-        self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": ",".join(batcher.domains)})
+        domains = ",".join(self.batcher.domains)
+        self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains})
         self.tracker.log_artifact(run_id, self.run_dir / "config.yaml")
-        best_dir = self.run_dir / "checkpoints" / "best"
         status = "FAILED"
         try:
-            best_step, steps_done, dev = self._loop(
-                model, params, algorithm, optimizer, scheduler, batcher, task, dev_set, adapter, best_dir, fingerprint, run_id
-            )
-            tensors, _ = read_checkpoint(best_dir)
-            adapter.load_state_dict(model, tensors)
-            results = self._evaluate(model, task, run_id)
+            best_step, steps_done, dev = self._loop(run_id)
+            tensors, _ = read_checkpoint(self.best_dir)
+            self.adapter.load_state_dict(self.model, tensors)
+            results = self._evaluate(run_id)
             status = "FINISHED"
         finally:
             self.tracker.end(run_id, status)
         result = RunResult(exp.name, str(self.run_dir), best_step, steps_done, trainable, total, dev, results, run_id)
         (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
         return result
+
+    @property
+    def best_dir(self) -> Path:
+        """Folder of the best checkpoint so far."""
+        return self.run_dir / "checkpoints" / "best"
 
     def _lr_factor(self, step: int) -> float:
         tc = self.exp.train
@@ -238,51 +247,58 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
 
-    def _loop(self, model, params, algorithm, optimizer, scheduler, batcher, task, dev_set, adapter, best_dir, fingerprint, run_id):  # noqa: ANN001, ANN202
-        tc = self.exp.train
+    def _train_step(self) -> dict[str, float]:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        batches = {d: b.to(self.device) for d, b in self.batcher.next().items()}
+        metrics = self.algorithm.update(batches)
+        if self.exp.train.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
+            metrics["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return metrics
+
+    def _validate(self) -> dict[str, float]:
+        scores = score_utterances(
+            self.model, self.dev_set, batch_size=self.exp.train.eval_batch_size, device=self.device, progress=False
+        )
+        return self.task.metrics(scores, self.dev_set)
+
+    def _loop(self, run_id: str | None) -> tuple[int, int, dict[str, float]]:
+        tc, metric = self.exp.train, self.task.selection_metric
         best, best_step, best_dev, stale = math.inf, 0, {}, 0
         running: dict[str, float] = {}
         bar = tqdm(range(1, tc.steps + 1), desc=self.exp.name, disable=None if tc.progress else True, unit="step", dynamic_ncols=True)
         step = 0
         for step in bar:
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            batches = {d: b.to(self.device) for d, b in batcher.next().items()}
-            metrics = algorithm.update(batches)
-            if tc.grad_clip is not None:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(list(params.values()), tc.grad_clip))
-            optimizer.step()
-            scheduler.step()
-            for k, v in metrics.items():
+            for k, v in self._train_step().items():
                 running[k] = running.get(k, 0.0) + v
             if step % 10 == 0 or step == tc.steps:
                 n = 10 if step % 10 == 0 else step % 10
                 means = {f"train/{k}": v / n for k, v in running.items()}
-                means["train/lr"] = scheduler.get_last_lr()[0]
+                means["train/lr"] = self.scheduler.get_last_lr()[0]
                 self.tracker.log_metrics(run_id, means, step)
                 bar.set_postfix(loss=f"{means['train/loss']:.3f}", best_dev=f"{best:.4f}" if best < math.inf else "-")
                 running = {}
             if step % tc.eval_every == 0 or step == tc.steps:
-                scores = score_utterances(model, dev_set, batch_size=tc.eval_batch_size, device=self.device, progress=False)
-                dev = task.metrics(scores, dev_set)
+                dev = self._validate()
                 self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, step)
-                value = dev[task.selection_metric]
-                if value < best:
-                    best, best_step, best_dev, stale = value, step, dev, 0
-                    save_checkpoint(best_dir, adapter.state_dict(model), {
-                        "config": self.exp.to_dict(), "step": step, "dev": dev, "frozen_fingerprint": fingerprint,
-                    })
+                if dev[metric] < best:
+                    best, best_step, best_dev, stale = dev[metric], step, dev, 0
+                    meta = {"config": self.exp.to_dict(), "step": step, "dev": dev, "frozen_fingerprint": self.fingerprint}
+                    save_checkpoint(self.best_dir, self.adapter.state_dict(self.model), meta)
                 else:
                     stale += 1
                     if tc.patience is not None and stale >= tc.patience:
-                        log.info("early stop at step %d: dev %s did not improve for %d evaluations", step, task.selection_metric, stale)
+                        log.info("early stop at step %d: dev %s did not improve for %d evaluations", step, metric, stale)
                         break
         bar.close()
         self.tracker.log_metrics(run_id, {f"best_dev/{k}": v for k, v in best_dev.items()} | {"best_step": best_step}, step)
         return best_step, step, best_dev
 
-    def _evaluate(self, model: nn.Module, task: Task, run_id: str | None) -> dict[str, dict[str, float]]:
-        tc = self.exp.train
+    def _evaluate(self, run_id: str | None) -> dict[str, dict[str, float]]:
+        tc, model, task = self.exp.train, self.model, self.task
         results: dict[str, dict[str, float]] = {}
         score_dir = self.run_dir / "scores"
         for name, utts in task.eval_sets().items():

@@ -123,6 +123,7 @@ class SSLBackbone(nn.Module):
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T) waveforms → (B, F, H) features and a (B, F) valid-frame mask (None if unpadded)."""
+        self._sync_frozen_encoder()
         attention_mask = None
         if lengths is not None:
             attention_mask = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).long()
@@ -136,6 +137,16 @@ class SSLBackbone(nn.Module):
         else:
             feats = out.hidden_states[self.cfg.layer]
         return feats, self.frame_mask(lengths, feats.shape[1])
+
+    def _sync_frozen_encoder(self) -> None:
+        # transformers' wav2vec2-family encoders mark their conv output as
+        # requiring grad in training mode unless told otherwise, so autograd
+        # would run the whole frozen conv stack backward when only LoRA or the
+        # head trains (3x the step time of a small model on CPU).
+        hf = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        encoder = getattr(hf, "feature_extractor", None)
+        if encoder is not None and hasattr(encoder, "_requires_grad"):
+            encoder._requires_grad = any(p.requires_grad for p in encoder.parameters())
 
     @property
     def hf_model(self) -> nn.Module:

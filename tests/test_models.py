@@ -1,0 +1,60 @@
+"""Backbones: local pretrained checkpoints, layer choice, no wasted backward through a frozen encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from metadg.config import validate_plugin
+from metadg.models import build_model
+from metadg.registry import ADAPTERS, HEADS, MODELS
+
+ASSET = Path(__file__).resolve().parents[1] / "benchmarks" / "assets" / "tiny-ssl"
+
+
+def model_with(backbone: dict, adapter: dict | None = None):
+    torch.manual_seed(0)
+    model = build_model(validate_plugin(MODELS, {"name": "ssl", **backbone}, "b"), validate_plugin(HEADS, "linear", "h"))
+    if adapter:
+        validate_plugin(ADAPTERS, adapter, "a").build().apply(model)
+    return model
+
+
+def test_pretrained_local_checkpoint_loads_its_weights():
+    from safetensors.torch import load_file
+
+    model = model_with({"pretrained": str(ASSET)})
+    saved = load_file(ASSET / "model.safetensors")
+    own = model.backbone.model.state_dict()
+    name = "encoder.layers.0.attention.q_proj.weight"
+    assert torch.equal(own[name], saved[name])
+    assert model.backbone.out_dim == 64 and model.backbone.num_layers == 2
+
+
+def test_missing_pretrained_dir_says_what_it_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint directory.*never downloads"):
+        model_with({"pretrained": str(tmp_path / "nowhere")})
+
+
+@pytest.mark.parametrize("layer", ["last", "weighted", 1])
+def test_layer_choice_shapes_and_masks(layer):
+    model = model_with({"preset": "tiny", "layer": layer}).eval()
+    x = torch.randn(2, 8000)
+    feats, mask = model.backbone(x, torch.tensor([8000, 4000]))
+    assert feats.shape[0] == 2 and feats.shape[2] == 64
+    assert mask.sum(1).tolist()[0] > mask.sum(1).tolist()[1]
+    assert model(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize(("adapter", "encoder_backward"), [({"name": "lora", "r": 2}, False), ({"name": "head_only"}, False), ({"name": "full"}, True)])
+def test_frozen_feature_encoder_is_not_backpropagated(adapter, encoder_backward):
+    model = model_with({"preset": "tiny"}, adapter).train()
+    calls = []
+    first_conv = model.backbone.model.get_base_model().feature_extractor.conv_layers[0] if hasattr(model.backbone.model, "get_base_model") else model.backbone.model.feature_extractor.conv_layers[0]
+    first_conv.register_full_backward_hook(lambda *a: calls.append(1))
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 4000)), torch.tensor([0, 1]))
+    loss.backward()
+    assert bool(calls) is encoder_backward
