@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +92,6 @@ class Experiment:
     train: TrainConfig
     tracking: TrackingConfig
     source: str = "<dict>"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (defaults filled in); reloading it gives the same Experiment."""

@@ -12,7 +12,6 @@ from typing import Any
 
 from metadg.config import TrackingConfig
 
-log = logging.getLogger(__name__)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

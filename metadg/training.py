@@ -20,8 +20,7 @@ from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoi
 from metadg.config import Experiment, build_experiment, dump_yaml
 from metadg.evaluation import score_utterances, write_score_csv, write_score_file
 from metadg.models.classifier import Classifier, build_model
-from metadg.tasks.base import Batch, Task, Utterances
-from metadg.tasks.spoof.audio import fit_length
+from metadg.tasks.base import Batch, Task, Utterances, fit_length
 from metadg.tracking import Tracker
 
 log = logging.getLogger(__name__)

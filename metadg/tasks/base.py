@@ -39,6 +39,18 @@ class Batch:
         return Batch(torch.cat([b.inputs for b in batches]), torch.cat([b.labels for b in batches]), lengths)
 
 
+def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Repeat-pad a short clip, then crop to `n_samples` (random offset if `rng`, else from the start)."""
+    if wave.size == 0:
+        raise ValueError("cannot fit an empty waveform to a fixed length")
+    if wave.shape[0] < n_samples:
+        wave = np.tile(wave, -(-n_samples // wave.shape[0]))
+    start = 0
+    if rng is not None and wave.shape[0] > n_samples:
+        start = int(rng.integers(0, wave.shape[0] - n_samples + 1))
+    return wave[start : start + n_samples]
+
+
 class Utterances:
     """A labelled list of utterances with string attributes, audio loaded on demand."""
 
