@@ -99,7 +99,7 @@ def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "system": cell.label,
             "trainable": res.trainable_params,
-            "trainable_%": 100.0 * res.trainable_params / max(1, res.total_params),
+            "trainable_%": 100.0 * res.trainable_params / max(1, res.full_finetune_params),
             "dev_eer_%": 100.0 * res.dev.get("eer", float("nan")),
         }
         eers = {f"{k}_eer_%": 100.0 * v["eer"] for k, v in res.eval.items() if "eer" in v}

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     bench.add_argument("--output-dir", default=None, help="where run folders go (default: output_dir of the config)")
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
+    params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
+    params.add_argument("config")
+    _overrides(params)
     return parser
 
 
@@ -51,6 +54,26 @@ def cmd_list() -> int:
                     info.default_factory() if info.default_factory else info.default)
                 print(f"      {field_name} = {default!r:<18} {info.description or ''}")
         print()
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Print the parameter report of an experiment (or of every cell of a benchmark)."""
+    from metadg.bench import expand
+    from metadg.config import load_raw
+    from metadg.params import count
+
+    if any(k in load_raw(args.config) for k in ("grid", "variants")):
+        _, cells = expand(args.config, args.override)
+        named = [(c.label, c.experiment) for c in cells]
+    else:
+        from metadg.config import load_config
+
+        named = [("", load_config(args.config, args.override))]
+    for label, exp in named:
+        if label:
+            print(f"== {label}")
+        print(count(exp).format() + "\n")
     return 0
 
 
@@ -107,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list()
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "params":
+            return cmd_params(args)
         return cmd_bench(args)
     except (ConfigError, RegistryError) as exc:
         if args.debug:

@@ -130,10 +130,11 @@ def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
     return exp, model.to(device).eval(), adapter, meta
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+def count_parameters(model: nn.Module, adapter: Adapter) -> tuple[int, int, int]:
+    """(trainable, total, what full fine-tuning would train = total minus adapter-inserted weights)."""
     total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+    added = sum(p.numel() for p in adapter.added_parameters(model).values())
+    return sum(p.numel() for p in adapter.trainable_parameters(model).values()), total, total - added
 
 
 @dataclass
@@ -146,6 +147,7 @@ class RunResult:
     steps_done: int
     trainable_params: int
     total_params: int
+    full_finetune_params: int
     dev: dict[str, float] = field(default_factory=dict)
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str | None = None
@@ -209,7 +211,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
         self.setup()
-        trainable, total = count_parameters(self.model)
+        trainable, total, full = count_parameters(self.model, self.adapter)
         run_id = self.tracker.start(
             exp.name,
             params=exp.to_dict(),
@@ -217,7 +219,8 @@ class Trainer:
             parent_run_id=self.parent_run_id,
         )
         domains = ",".join(self.batcher.domains)
-        self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains})
+        self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains,
+                                         "trainable_percent_of_full": f"{100 * trainable / max(1, full):.3f}"})
         self.tracker.log_artifact(run_id, self.run_dir / "config.yaml")
         status = "FAILED"
         try:
@@ -228,7 +231,7 @@ class Trainer:
             status = "FINISHED"
         finally:
             self.tracker.end(run_id, status)
-        result = RunResult(exp.name, str(self.run_dir), best_step, steps_done, trainable, total, dev, results, run_id)
+        result = RunResult(exp.name, str(self.run_dir), best_step, steps_done, trainable, total, full, dev, results, run_id)
         (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
         return result
 

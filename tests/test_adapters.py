@@ -157,3 +157,38 @@ def test_weighted_layer_sum_trains_with_any_adapter():
     before = model.backbone.layer_weights.detach().clone()
     one_step(model, adapter)
     assert not torch.equal(model.backbone.layer_weights, before)
+
+
+def test_per_head_lora_gives_each_head_its_own_rank_r_factors():
+    r = 2
+    model, adapter = make({"name": "lora", "r": r, "per_head": True})
+    base = {n: p.detach().clone() for n, p in model.backbone.model.named_parameters()}
+    adapter.apply(model)
+    model.eval()
+    x = batch().inputs
+    with torch.no_grad():
+        before = model(x)
+        for name, p in adapter.trainable_parameters(model).items():
+            if "lora_" in name:
+                p.normal_(std=0.1)  # B starts at zero; give every factor a value
+    out = model(x)
+    assert not torch.allclose(out, before)
+    adapter.merge(model)
+    torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+
+    heads, dim = model.backbone.num_heads, model.backbone.out_dim
+    merged = dict(model.backbone.model.named_parameters())
+    head = dim // heads
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        name = f"encoder.layers.0.attention.{proj}.weight"
+        delta = merged[name] - base[name]
+        # q/k/v: head h's output rows; out_proj: head h's input columns.
+        blocks = [delta[h * head:(h + 1) * head] if proj != "out_proj" else delta[:, h * head:(h + 1) * head] for h in range(heads)]
+        assert all(int(torch.linalg.matrix_rank(b.double(), atol=1e-6)) <= r for b in blocks), proj
+        assert int(torch.linalg.matrix_rank(delta.double(), atol=1e-6)) > r, proj  # not one shared rank-r update
+
+
+def test_per_head_lora_refuses_non_attention_targets():
+    model, adapter = make({"name": "lora", "per_head": True, "targets": ["q_proj", "intermediate_dense"]})
+    with pytest.raises(ValueError, match="only attention projections have heads"):
+        adapter.apply(model)

@@ -30,6 +30,10 @@ class Adapter(ABC):
         """Name → parameter for everything that trains (adapter + head)."""
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
+    def added_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Parameters this adapter inserted into the model (none unless overridden)."""
+        return {}
+
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Only the trained tensors, detached and contiguous (safetensors-ready)."""
         return {n: p.detach().contiguous() for n, p in self.trainable_parameters(model).items()}

@@ -25,6 +25,10 @@ class LoRAConfig(StrictModel):
     )
     layers: list[int] | None = Field(None, description="transformer layer indices to adapt; default: all")
     rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r)")
+    per_head: bool = Field(
+        False,
+        description="every attention head gets its own rank-r factors (q/k/v split by output, out_proj by input)",
+    )
 
 
 @ADAPTERS.register("lora")
@@ -43,15 +47,19 @@ class LoRA(Adapter):
         missing = [t for t in cfg.targets if t not in names]
         if missing:
             raise ValueError(f"adapter.targets: {missing} are not linear layers of this backbone (have: {sorted(names)})")
+        rank, alpha, extra = cfg.r, cfg.alpha, {}
+        if cfg.per_head:
+            rank, alpha, extra = self._per_head(model.backbone.num_heads)
         peft_cfg = LoraConfig(
-            r=cfg.r,
-            lora_alpha=cfg.alpha,
+            r=rank,
+            lora_alpha=alpha,
             lora_dropout=cfg.dropout,
             target_modules=list(cfg.targets),
             layers_to_transform=cfg.layers,
             layers_pattern="layers" if cfg.layers is not None else None,
             use_rslora=cfg.rslora,
             bias="none",
+            **extra,
         )
         with warnings.catch_warnings():
             # transformers 5 deprecates an attribute peft still probes; not ours to fix.
@@ -59,6 +67,29 @@ class LoRA(Adapter):
             model.backbone.model = get_peft_model(hf, peft_cfg)
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(ALWAYS_TRAINED) or ".lora_" in name)
+
+    def added_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The LoRA factors."""
+        return {n: p for n, p in model.named_parameters() if ".lora_" in n}
+
+    def _per_head(self, heads: int) -> tuple[int, float, dict]:
+        # peft's block-diagonal LoRA with one block per head: with the rank
+        # split into `heads` groups, a block-diagonal B on q/k/v ties rank group
+        # h to the output slice of head h, and a block-diagonal A on out_proj
+        # ties it to the input slice of head h. So head h owns a rank-r pair.
+        from peft.tuners.lora.config import BdLoraConfig
+
+        cfg: LoRAConfig = self.cfg
+        split_output = [t for t in cfg.targets if t in ("q_proj", "k_proj", "v_proj")]
+        split_input = [t for t in cfg.targets if t == "out_proj"]
+        others = sorted(set(cfg.targets) - set(split_output) - set(split_input))
+        if others:
+            raise ValueError(f"adapter.per_head: only attention projections have heads; remove {others} from targets")
+        # peft scales by alpha / total_rank (or / sqrt of it); rescale so each
+        # head keeps the scale alpha / r that plain LoRA of rank r would have.
+        alpha = cfg.alpha * (heads**0.5 if cfg.rslora else heads)
+        bd = BdLoraConfig(target_modules_bd_a=split_input, target_modules_bd_b=split_output, nblocks=heads)
+        return cfg.r * heads, alpha, {"use_bdlora": bd}
 
     def merge(self, model: nn.Module) -> None:
         """Fold B·A into the base weights and drop the peft wrappers."""

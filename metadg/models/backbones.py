@@ -95,9 +95,14 @@ class SSLBackbone(nn.Module):
                     f"model.backbone.pretrained: {path} is not a Hugging Face checkpoint directory "
                     "(expected config.json and model weights; metadg never downloads weights)"
                 )
-            self.model = AutoModel.from_pretrained(
-                str(path), local_files_only=True, attn_implementation=cfg.attn_implementation
-            )
+            if torch.empty(0).device.type == "meta":
+                # Shapes only (e.g. `metadg params`): from_pretrained refuses the meta device.
+                hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+                self.model = AutoModel.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
+            else:
+                self.model = AutoModel.from_pretrained(
+                    str(path), local_files_only=True, attn_implementation=cfg.attn_implementation
+                )
         else:
             fields = dict(PRESETS[cfg.preset]) if cfg.preset else {}
             fields.update(cfg.config or {})
