@@ -44,7 +44,13 @@ class TrainConfig(StrictModel):
     patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without dev improvement; null never stops early"
     )
-    eval_batch_size: int = Field(32, ge=1, description="utterances per batch when scoring")
+    grad_accum: int = Field(1, ge=1, description="domain-batch draws whose gradients add up to one optimizer step")
+    amp: bool = Field(False, description="bfloat16 autocast for training and scoring (mixed precision)")
+    eval_batch_size: int = Field(32, ge=1, description="utterances (or chunks) per batch when scoring")
+    eval_chunk_samples: int | None = Field(
+        None, ge=400, description="score long utterances as overlapping chunks of this many samples, averaged; null = whole"
+    )
+    eval_chunk_overlap: float = Field(0.5, ge=0, lt=1, description="overlap between evaluation chunks")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     progress: bool = Field(True, description="show progress bars")
 

@@ -8,6 +8,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,9 +53,11 @@ class DomainBatcher:
         bonafide_fraction: float,
         crop_samples: int,
         share_bonafide: bool = True,
+        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         seed: int = 0,
     ) -> None:
         self.utts = utts
+        self.augment = augment
         self.crop_samples = crop_samples
         self.n_bona = min(batch_per_domain - 1, max(1, round(batch_per_domain * bonafide_fraction)))
         self.n_spoof = batch_per_domain - self.n_bona
@@ -83,7 +86,10 @@ class DomainBatcher:
         out = {}
         for d in self.domains:
             idx = np.concatenate([self._draw(self.bona_pools[d], self.n_bona), self._draw(self.spoof_pools[d], self.n_spoof)])
-            waves = np.stack([fit_length(self.utts.load(int(i)), self.crop_samples, self.rng) for i in idx])
+            crops = [fit_length(self.utts.load(int(i)), self.crop_samples, self.rng) for i in idx]
+            if self.augment is not None:
+                crops = [self.augment(c, self.rng) for c in crops]
+            waves = np.stack(crops)
             out[d] = Batch(torch.from_numpy(waves), torch.from_numpy(self.utts.labels[idx]))
         return out
 
@@ -202,6 +208,7 @@ class Trainer:
             bonafide_fraction=tc.bonafide_fraction,
             crop_samples=self.task.crop_samples,
             share_bonafide=getattr(self.task.cfg, "share_bonafide", True),
+            augment=self.task.augmentation(),
             seed=exp.seed,
         )
 
@@ -250,22 +257,35 @@ class Trainer:
         return 1.0
 
     def _train_step(self) -> dict[str, float]:
+        tc = self.exp.train
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batches = {d: b.to(self.device) for d, b in self.batcher.next().items()}
-        metrics = self.algorithm.update(batches)
-        if self.exp.train.grad_clip is not None:
+        metrics: dict[str, float] = {}
+        for _ in range(tc.grad_accum):
+            batches = {d: b.to(self.device) for d, b in self.batcher.next().items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp):
+                for k, v in self.algorithm.update(batches).items():
+                    metrics[k] = metrics.get(k, 0.0) + v / tc.grad_accum
+        if tc.grad_accum > 1:  # each update() added a full-batch gradient; average them
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.grad.div_(tc.grad_accum)
+        if tc.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
             metrics["grad_norm"] = float(norm)
         self.optimizer.step()
         self.scheduler.step()
         return metrics
 
-    def _validate(self) -> dict[str, float]:
-        scores = score_utterances(
-            self.model, self.dev_set, batch_size=self.exp.train.eval_batch_size, device=self.device, progress=False
+    def _score(self, utts: Utterances, progress: bool, desc: str = "scoring") -> np.ndarray:
+        tc = self.exp.train
+        return score_utterances(
+            self.model, utts, batch_size=tc.eval_batch_size, device=self.device, progress=progress, desc=desc,
+            chunk_samples=tc.eval_chunk_samples, chunk_overlap=tc.eval_chunk_overlap, amp=tc.amp,
         )
-        return self.task.metrics(scores, self.dev_set)
+
+    def _validate(self) -> dict[str, float]:
+        return self.task.metrics(self._score(self.dev_set, progress=False), self.dev_set)
 
     def _loop(self, run_id: str | None) -> tuple[int, int, dict[str, float]]:
         tc, metric = self.exp.train, self.task.selection_metric
@@ -300,11 +320,11 @@ class Trainer:
         return best_step, step, best_dev
 
     def _evaluate(self, run_id: str | None) -> dict[str, dict[str, float]]:
-        tc, model, task = self.exp.train, self.model, self.task
+        tc, task = self.exp.train, self.task
         results: dict[str, dict[str, float]] = {}
         score_dir = self.run_dir / "scores"
         for name, utts in task.eval_sets().items():
-            scores = score_utterances(model, utts, batch_size=tc.eval_batch_size, device=self.device, progress=tc.progress, desc=f"eval {name}")
+            scores = self._score(utts, progress=tc.progress, desc=f"eval {name}")
             results[name] = task.metrics(scores, utts)
             write_score_file(score_dir / f"{name}.txt", utts, scores)
             write_score_csv(score_dir / f"{name}.csv", utts, scores)

@@ -120,3 +120,21 @@ def test_domain_batcher_balances_domains_and_shares_bonafide(tiny_config):
     batcher.load_state_dict(state)
     again = batcher.next()
     assert all(np.array_equal(nxt[d].inputs, again[d].inputs) for d in nxt)
+
+
+def test_rawboost_augments_training_crops_only(tiny_config):
+    plain = Trainer(build_experiment(tiny_config))
+    plain.setup()
+    tiny_config["task"]["augment"] = {"rawboost": 5}
+    boosted = Trainer(build_experiment(tiny_config))
+    boosted.setup()
+    a, b = plain.batcher.next(), boosted.batcher.next()
+    assert all(a[d].inputs.shape == b[d].inputs.shape for d in a)
+    assert any(not np.allclose(a[d].inputs, b[d].inputs) for d in a)
+    again = Trainer(build_experiment(tiny_config))
+    again.setup()
+    c = again.batcher.next()
+    assert all(np.array_equal(b[d].inputs, c[d].inputs) for d in b)  # seeded
+    assert boosted.dev_set.load(0).tolist() == plain.dev_set.load(0).tolist()  # dev audio untouched
+    tiny_config["task"]["augment"] = {"rawboost": {"algo": 3, "min_snr_db": 20, "max_snr_db": 20}}
+    assert build_experiment(tiny_config).task.cfg.augment.rawboost.algo == 3

@@ -58,3 +58,22 @@ def test_frozen_feature_encoder_is_not_backpropagated(adapter, encoder_backward)
     loss = nn.functional.cross_entropy(model(torch.randn(2, 4000)), torch.tensor([0, 1]))
     loss.backward()
     assert bool(calls) is encoder_backward
+
+
+@pytest.mark.parametrize("model_type", ["hubert", "wavlm", "data2vec-audio"])
+def test_other_ssl_families_take_lora_and_train(model_type):
+    fields = {"model_type": model_type, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64, "conv_dim": [16] * 3, "conv_kernel": [10, 4, 4], "conv_stride": [5, 4, 4],
+              "num_conv_pos_embeddings": 8, "num_conv_pos_embedding_groups": 2}
+    if model_type == "data2vec-audio":
+        fields["num_conv_pos_embeddings"] = 3  # data2vec-audio stacks kernel-size convolutions
+    if model_type == "wavlm":  # WavLM reads q/k/v weights directly: LoRA there must be refused, not ignored
+        with pytest.raises(ValueError, match=r"WavLMModel never run as modules"):
+            model_with({"config": fields}, {"name": "lora", "r": 2})
+        return
+    model = model_with({"config": fields}, {"name": "lora", "r": 2})
+    lora = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n]
+    assert len(lora) == 2 * 4 * 2  # A and B on q/k/v/out of 2 layers
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 4000)), torch.tensor([0, 1]))
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)

@@ -48,3 +48,10 @@ def test_cli_params_prints_the_report(tmp_path, tiny_config):
     assert proc.returncode == 0, proc.stderr
     assert "backbone LoRA on q_proj" in proc.stdout and "786,432" in proc.stdout
     assert "3,147,778" in proc.stdout and "% of full fine-tuning" in proc.stdout
+
+
+def test_paper_configuration_trains_3_6_million(tiny_config):
+    exp = experiment(tiny_config, {"preset": "xlsr_300m"}, {"name": "lora", "r": 16}, head={"name": "aasist"})
+    report = count(exp)
+    assert report.trainable == 3_592_970  # 3,145,728 LoRA + 447,242 AASIST back-end (REFERENCE.md)
+    assert round(report.percent_of_full, 2) == 1.14  # the paper's "1.1 %"

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 from pydantic import Field
+import torch
 from torch import nn
 
 from metadg.adapters.base import ALWAYS_TRAINED, Adapter
@@ -67,6 +68,38 @@ class LoRA(Adapter):
             model.backbone.model = get_peft_model(hf, peft_cfg)
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(ALWAYS_TRAINED) or ".lora_" in name)
+        self._check_adapters_run(model)
+
+    @staticmethod
+    def _check_adapters_run(model: nn.Module) -> None:
+        # Some encoders (WavLM) read q/k/v weights straight into
+        # F.multi_head_attention_forward, bypassing the module: peft's LoRA layer
+        # would then never run and training would silently change nothing.
+        from peft.tuners.lora import LoraLayer
+
+        devices = {p.device for p in model.parameters()}
+        if any(d.type == "meta" for d in devices):  # shape-only models (parameter counting) cannot run
+            return
+        device = next(iter(devices))
+        wrapped = {n: m for n, m in model.backbone.model.named_modules() if isinstance(m, LoraLayer)}
+        called: set[str] = set()
+        hooks = [m.register_forward_hook(lambda mod, *_, n=n: called.add(n)) for n, m in wrapped.items()]
+        was_training = model.training
+        model.eval()  # layerdrop in training mode would skip layers at random
+        try:
+            with torch.no_grad():
+                model.backbone(torch.zeros(1, 1600, device=device))
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
+        silent = sorted(n.rsplit(".", 1)[-1] for n in set(wrapped) - called)
+        if silent:
+            kind = type(model.backbone.model.get_base_model()).__name__
+            raise ValueError(
+                f"adapter.targets: {sorted(set(silent))} of {kind} never run as modules (their weights are read "
+                "directly), so LoRA on them would train nothing; choose other targets (e.g. feed-forward layers)"
+            )
 
     def added_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """The LoRA factors."""

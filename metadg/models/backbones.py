@@ -60,8 +60,8 @@ class SSLConfig(StrictModel):
     layer: Literal["last", "weighted"] | int = Field(
         "last", description="'last' hidden state, a learned 'weighted' sum of all layers, or a layer index"
     )
-    attn_implementation: Literal["sdpa", "eager"] = Field(
-        "sdpa", description="attention kernel; second-order MLDG needs 'eager'"
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="attention kernel; 'auto' = sdpa where the model has it (WavLM has not); second-order MLDG needs 'eager'"
     )
 
     @model_validator(mode="after")
@@ -88,6 +88,7 @@ class SSLBackbone(nn.Module):
 
         self.cfg = cfg
         want_all = cfg.layer != "last"
+        attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
         if cfg.pretrained is not None:
             path = Path(cfg.pretrained).expanduser()
             if not (path / "config.json").is_file():
@@ -98,17 +99,17 @@ class SSLBackbone(nn.Module):
             if torch.empty(0).device.type == "meta":
                 # Shapes only (e.g. `metadg params`): from_pretrained refuses the meta device.
                 hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-                self.model = AutoModel.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
+                self.model = AutoModel.from_config(hf_cfg, attn_implementation=attn)
             else:
                 self.model = AutoModel.from_pretrained(
-                    str(path), local_files_only=True, attn_implementation=cfg.attn_implementation
+                    str(path), local_files_only=True, attn_implementation=attn
                 )
         else:
             fields = dict(PRESETS[cfg.preset]) if cfg.preset else {}
             fields.update(cfg.config or {})
             model_type = fields.pop("model_type", "wav2vec2")
             hf_cfg = AutoConfig.for_model(model_type, **fields)
-            self.model = AutoModel.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
+            self.model = AutoModel.from_config(hf_cfg, attn_implementation=attn)
         hf = self.model.config
         self.out_dim: int = int(hf.hidden_size)
         self.num_layers: int = int(hf.num_hidden_layers)

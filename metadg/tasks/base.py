@@ -147,6 +147,10 @@ class Task(ABC):
     def metrics(self, scores: np.ndarray, utts: Utterances) -> dict[str, float]:
         """Metrics of `scores` on `utts`; must include `selection_metric`."""
 
+    def augmentation(self) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
+        """Applied to each training crop with the batcher's generator; None = no augmentation."""
+        return None
+
     def class_index(self, name: str) -> int:
         """Index of a class name used in config (e.g. class_weights keys)."""
         raise KeyError(name)

@@ -13,6 +13,7 @@ from metadg.metrics import eer, per_domain_eer
 from metadg.registry import TASKS
 from metadg.tasks.base import Task, Utterances
 from metadg.tasks.spoof.corpora import CORPORA
+from metadg.tasks.spoof.rawboost import RawBoost, RawBoostConfig
 
 CLASS_NAMES = ("spoof", "bonafide")  # index = label: 1 = bona fide, 0 = spoof
 
@@ -20,6 +21,14 @@ CLASS_NAMES = ("spoof", "bonafide")  # index = label: 1 = bona fide, 0 = spoof
 def _corpus_spec(value: Any, where: str) -> dict[str, Any]:
     # ConfigError is a ValueError: pydantic wraps it and the formatter keeps its path.
     return validate_plugin(CORPORA, value, where).as_dict()
+
+
+class AugmentConfig(StrictModel):
+    """Training-time augmentation (never applied to dev or eval audio)."""
+
+    rawboost: RawBoostConfig | int = Field(
+        0, description="RawBoost algorithm 0-8 (0 off; 5 for LA, 3 for DF in SSL-AASIST), or its full settings"
+    )
 
 
 class SpoofDetectionConfig(StrictModel):
@@ -32,6 +41,7 @@ class SpoofDetectionConfig(StrictModel):
     domains: list[str] | None = Field(None, description="source domains to train on; default: all in train")
     share_bonafide: bool = Field(True, description="bona fide is one pool shared by all domain batches")
     crop_samples: int = Field(64600, ge=400, description="training crop length (repeat-padded when shorter)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentation, e.g. {rawboost: 5}")
 
     @field_validator("train", "dev", mode="before")
     @classmethod
@@ -105,6 +115,12 @@ class SpoofDetection(Task):
             for domain, value in per_domain_eer(scores, utts.labels, utts.attrs[self.domain_key]).items():
                 out[f"eer/{domain}"] = value
         return out
+
+    def augmentation(self) -> RawBoost | None:
+        """RawBoost on training crops, when configured."""
+        rb = self.cfg.augment.rawboost
+        cfg = rb if isinstance(rb, RawBoostConfig) else RawBoostConfig(algo=rb)
+        return RawBoost.from_config(cfg) if cfg.algo else None
 
     def class_index(self, name: str) -> int:
         """'bonafide' → 1, 'spoof' → 0."""
