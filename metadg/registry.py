@@ -49,6 +49,8 @@ class Registry(Generic[T]):
                 f"{_where(self._items[name])}; refusing {_where(obj)}"
             )
         self._items[name] = obj
+        if isinstance(obj, type) and "registered_name" not in vars(obj):
+            obj.registered_name = name  # lets a plugin name itself in messages
 
     def get(self, name: str) -> T:
         """Return the plugin registered as `name`, or raise naming the valid choices."""

@@ -1,3 +1,3 @@
 """Speech deepfake (spoof) detection: task, corpora, audio."""
 
-from metadg.tasks.spoof import corpora, task  # noqa: F401  registers plugins
+from metadg.tasks.spoof import corpora, list_corpus, task  # noqa: F401  registers plugins

@@ -1,0 +1,209 @@
+"""Corpora on disk: protocol rows → utterances, with one bad-input policy for all readers."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from metadg.tasks.base import Utterances
+from metadg.tasks.spoof.audio import SAMPLE_RATE, load_audio
+from metadg.tasks.spoof.corpora import Corpus, CorpusConfig
+
+log = logging.getLogger(__name__)
+
+BONAFIDE_LABELS = {"bonafide", "real", "genuine", "bona"}
+SPOOF_LABELS = {"spoof", "fake", "deepfake", "spoofed"}
+
+
+class CorpusError(ValueError):
+    """Bad corpus input; the message names the file (and protocol line)."""
+
+
+def normalize_label(text: str) -> int:
+    """'bona-fide', 'Bona fide', 'real', 'genuine' → 1; 'spoof', 'fake', 'deepfake' → 0."""
+    key = text.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    if key in BONAFIDE_LABELS:
+        return 1
+    if key in SPOOF_LABELS:
+        return 0
+    raise CorpusError(f"unknown label {text!r} (bona fide: bonafide/bona-fide/real/genuine; spoof: spoof/fake/deepfake)")
+
+
+@dataclass
+class Row:
+    """One protocol entry before validation."""
+
+    utt_id: str
+    path: Path  # relative to the corpus root, or absolute
+    label: str | int
+    attrs: dict[str, str]
+    where: str  # "protocol.txt:12" for error messages
+
+
+@dataclass
+class SkipReport:
+    """What a reader skipped under on_error: skip, by reason, with a few examples."""
+
+    corpus: str
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, detail: str) -> None:
+        """Count one skipped row."""
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(detail)
+
+    @property
+    def total(self) -> int:
+        """Rows skipped."""
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """'corpus: skipped 3 (missing file: 2, unknown label: 1); e.g. ...'."""
+        parts = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
+        eg = "; ".join(f"{r}: {ex[0]}" for r, ex in sorted(self.examples.items()))
+        return f"{self.corpus}: skipped {self.total} ({parts}); e.g. {eg}"
+
+
+class FileCorpusConfig(CorpusConfig):
+    """Fields of every corpus read from a folder."""
+
+    root: str = Field(description="corpus root folder")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="bad rows/files: stop with an error naming file and line, or skip and count them"
+    )
+    check_files: bool = Field(True, description="stat every listed audio file while indexing (no audio is opened)")
+
+
+class FileCorpus(Corpus):
+    """Base of readers of on-disk corpora; subclasses yield Rows from their protocol files."""
+
+    Config = FileCorpusConfig
+    #: one line shown when the root or a protocol file is missing
+    layout: str = ""
+
+    def __init__(self, cfg: FileCorpusConfig) -> None:
+        super().__init__(cfg)
+        self.root = Path(cfg.root).expanduser()
+        self.skips = SkipReport(self.name)
+
+    @property
+    def name(self) -> str:
+        """Registered name of the reader (for messages)."""
+        return getattr(type(self), "registered_name", None) or type(self).__name__
+
+    def protocol_files(self) -> list[Path]:
+        """Protocol files whose lines `parse_line` reads (readers that scan folders override `rows`)."""
+        raise NotImplementedError
+
+    def parse_line(self, line: str, where: str) -> Row | None:
+        """One protocol line → Row, None to pass over it (e.g. another subset); CorpusError if malformed."""
+        raise NotImplementedError
+
+    def rows(self) -> Iterator[Row]:
+        """Rows of every protocol file; malformed lines go through the on_error policy."""
+        for path in self.protocol_files():
+            with path.open("rb") as fh:
+                for number, raw in enumerate(fh, 1):
+                    where = f"{path}:{number}"
+                    try:
+                        line = raw.decode("utf-8").strip()
+                        if not line:
+                            continue
+                        if len(line) > 10_000:
+                            raise CorpusError(f"{where}: line of {len(line)} characters is not a protocol line")
+                        row = self.parse_line(line, where)
+                    except UnicodeDecodeError:
+                        self.fail("malformed line", f"{where}: not UTF-8 text (binary data in a protocol file?)")
+                        continue
+                    except CorpusError as exc:
+                        self.fail("malformed line", str(exc))
+                        continue
+                    if row is not None:
+                        yield row
+
+    def require(self, relative: str | Path) -> Path:
+        """A file or folder under the root that must exist, else an error describing the expected layout."""
+        path = self.root / relative
+        if not self.root.is_dir():
+            raise CorpusError(f"{self.name}: corpus root {self.root} does not exist (expected layout: {self.layout})")
+        if not path.exists():
+            raise CorpusError(f"{self.name}: {path} not found (expected layout under {self.root}: {self.layout})")
+        return path
+
+    def fail(self, reason: str, detail: str) -> None:
+        """Apply the on_error policy to one bad row."""
+        if self.cfg.on_error == "raise":
+            raise CorpusError(detail)
+        self.skips.add(reason, detail)
+
+    def read(self) -> Utterances:
+        """Index the corpus: validate every row (labels, paths inside the root, files present)."""
+        ids: list[str] = []
+        labels: list[int] = []
+        paths: list[str] = []
+        attrs: dict[str, list[str]] = {}
+        root = self.root.resolve()
+        seen: set[str] = set()
+        rows = self.rows()
+        for row in tqdm(rows, desc=f"indexing {self.name}", unit=" rows", disable=None, leave=False, mininterval=1.0):
+            try:
+                label = row.label if isinstance(row.label, int) else normalize_label(row.label)
+            except CorpusError as exc:
+                self.fail("unknown label", f"{row.where}: {exc}")
+                continue
+            path = row.path if row.path.is_absolute() else self.root / row.path
+            resolved = path.resolve()
+            if not resolved.is_relative_to(root):
+                self.fail("path outside root", f"{row.where}: {row.path} escapes the corpus root {root}")
+                continue
+            if self.cfg.check_files and not resolved.is_file():
+                self.fail("missing file", f"{row.where}: audio file {path} not found")
+                continue
+            if row.utt_id in seen:
+                self.fail("duplicate id", f"{row.where}: utterance id {row.utt_id!r} listed twice")
+                continue
+            seen.add(row.utt_id)
+            ids.append(row.utt_id)
+            labels.append(label)
+            paths.append(str(resolved))
+            for key, value in row.attrs.items():
+                attrs.setdefault(key, [""] * (len(ids) - 1)).append(value)
+            for key, column in attrs.items():  # rows that lack an attribute get ''
+                if len(column) < len(ids):
+                    column.append("")
+        if self.skips.total:
+            log.warning(self.skips.summary())
+        if not ids:
+            raise CorpusError(f"{self.name}: no usable utterances under {self.root}")
+        attrs.setdefault("corpus", [self.name] * len(ids))
+        return Utterances(ids, labels, attrs, FileLoader(paths), name=self.name)
+
+
+class FileLoader:
+    """Picklable audio loader over a list of paths (opened lazily, in data-loader workers if any)."""
+
+    def __init__(self, paths: list[str], sample_rate: int = SAMPLE_RATE) -> None:
+        self.paths = paths
+        self.sample_rate = sample_rate
+
+    def __call__(self, index: int):  # noqa: ANN204  returns np.ndarray
+        return load_audio(self.paths[index], self.sample_rate)
+
+
+def split_line(line: str, n_fields: int | tuple[int, ...], where: str, sep: str | None = None) -> list[str]:
+    """Split a protocol line and check its field count (a tuple allows several counts)."""
+    fields = line.split(sep)
+    allowed = (n_fields,) if isinstance(n_fields, int) else n_fields
+    if len(fields) not in allowed:
+        raise CorpusError(f"{where}: expected {' or '.join(map(str, allowed))} fields, got {len(fields)}: {line[:120]!r}")
+    return fields

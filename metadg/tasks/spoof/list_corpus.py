@@ -1,0 +1,73 @@
+"""`list`: any CSV/TSV file list with a path and a label column; other columns become attributes."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import Field
+
+from metadg.tasks.spoof.corpora import CORPORA
+from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpus, FileCorpusConfig, Row
+
+
+class ListConfig(FileCorpusConfig):
+    """A delimited file with a header row."""
+
+    path: str = Field(description="CSV/TSV file listing the utterances")
+    root: str | None = Field(None, description="folder that relative audio paths start from; default: the list's folder")
+    path_column: str = Field("path", description="column with the audio path")
+    label_column: str = Field("label", description="column with the label (bonafide/bona-fide/real/spoof/fake/...)")
+    id_column: str | None = Field(None, description="column with utterance ids; default: the path without extension")
+    delimiter: str | None = Field(None, description="field separator; default: tab for .tsv, else sniffed from , ; | tab")
+
+
+@CORPORA.register("list")
+class ListCorpus(FileCorpus):
+    """Any CSV/TSV file list: path, label and optional domain attributes per row."""
+
+    Config = ListConfig
+    layout = "a CSV/TSV file with a header row naming path and label columns"
+
+    def __init__(self, cfg: ListConfig) -> None:
+        if cfg.root is None:
+            cfg = cfg.model_copy(update={"root": str(Path(cfg.path).expanduser().parent)})
+        super().__init__(cfg)
+
+    def rows(self) -> Iterator[Row]:
+        """One Row per data line; a line with the wrong number of fields goes through on_error."""
+        cfg: ListConfig = self.cfg
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise CorpusError(f"list: {path} not found ({self.layout})")
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:  # garbage → bad fields → on_error
+            sample = fh.read(65536)
+            fh.seek(0)
+            delimiter = cfg.delimiter or ("\t" if path.suffix.lower() == ".tsv" else _sniff(sample))
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if not header:
+                raise CorpusError(f"{path}: empty file (expected a header row)")
+            header = [h.strip() for h in header]
+            for column in (cfg.path_column, cfg.label_column, cfg.id_column):
+                if column is not None and column not in header:
+                    raise CorpusError(f"{path}:1: no column {column!r} (have: {', '.join(header)})")
+            for fields in reader:
+                where = f"{path}:{reader.line_num}"
+                if not fields or all(not f.strip() for f in fields):
+                    continue
+                if len(fields) != len(header):
+                    self.fail("malformed line", f"{where}: expected {len(header)} fields, got {len(fields)}")
+                    continue
+                record = dict(zip(header, (f.strip() for f in fields)))
+                audio = Path(record.pop(cfg.path_column))
+                utt = record.pop(cfg.id_column) if cfg.id_column else str(audio.with_suffix(""))
+                yield Row(utt, audio, record.pop(cfg.label_column), record, where)
+
+
+def _sniff(sample: str) -> str:
+    try:
+        return csv.Sniffer().sniff(sample.splitlines()[0] if sample else ",", delimiters=",;|\t").delimiter
+    except csv.Error:
+        return ","
