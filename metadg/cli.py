@@ -1,4 +1,4 @@
-"""The `metadg` command: run, bench, list."""
+"""The `metadg` command: run, bench, eval, score, params, list."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
+from metadg.checkpoint import CheckpointError
 from metadg.config import ConfigError
+from metadg.tasks.spoof.audio import AudioError
+from metadg.tasks.spoof.file_corpus import CorpusError
 from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, RegistryError, describe
 
 EXIT_USAGE = 2
@@ -33,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(bench)
     bench.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     bench.add_argument("--output-dir", default=None, help="where run folders go (default: output_dir of the config)")
+    ev = sub.add_parser("eval", help="score a trained checkpoint on evaluation sets and print the metrics")
+    ev.add_argument("checkpoint", help="a run's checkpoints/best folder (or the run folder)")
+    ev.add_argument("--sets", help="YAML with an `eval:` mapping of set name → corpus spec (default: the run's own)")
+    ev.add_argument("--out", help="folder for score files and metrics.json (default: <run>/eval)")
+    ev.add_argument("--device", default="cpu")
+    score = sub.add_parser("score", help="score audio files or folders with a trained checkpoint into a CSV")
+    score.add_argument("checkpoint")
+    score.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
+    score.add_argument("--out", default="scores.csv", help="CSV to write (path, score, decision, error)")
+    score.add_argument("--device", default="cpu")
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
     params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
     params.add_argument("config")
@@ -75,6 +89,41 @@ def cmd_params(args: argparse.Namespace) -> int:
             print(f"== {label}")
         print(count(exp).format() + "\n")
     return 0
+
+
+def _checkpoint_dir(path: str) -> Path:
+    # Accept the run folder as well as its checkpoints/best.
+    p = Path(path)
+    return p / "checkpoints" / "best" if (p / "checkpoints" / "best").is_dir() else p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint and print EER per set."""
+    from metadg.config import read_yaml
+    from metadg.evaluation import evaluate_checkpoint
+
+    ckpt = _checkpoint_dir(args.checkpoint)
+    specs = None
+    if args.sets:
+        specs = read_yaml(args.sets).get("eval")
+        if not isinstance(specs, dict) or not specs:
+            raise ConfigError(f"{args.sets}: expected an `eval:` mapping of set name → corpus spec")
+    out = Path(args.out) if args.out else ckpt.parent.parent / "eval"
+    results = evaluate_checkpoint(ckpt, out, specs, device=args.device)
+    print(f"{'set':<24} {'EER %':>8}")
+    for name, metrics in results.items():
+        print(f"{name:<24} {100 * metrics['eer']:>8.2f}")
+    print(f"score files and metrics.json: {out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score files and write a CSV."""
+    from metadg.evaluation import score_files
+
+    scored, failed = score_files(_checkpoint_dir(args.checkpoint), args.paths, args.out, device=args.device)
+    print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
+    return 0 if scored or not failed else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -132,13 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "params":
             return cmd_params(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "score":
+            return cmd_score(args)
         return cmd_bench(args)
     except (ConfigError, RegistryError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, OSError) as exc:
+    except (FileNotFoundError, OSError, CorpusError, CheckpointError, AudioError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -92,3 +92,111 @@ def write_score_csv(path: str | Path, utts: Utterances, scores: np.ndarray) -> P
             label = "bonafide" if utts.labels[i] == 1 else "spoof"
             writer.writerow([utt, f"{s:.6f}", label, *(utts.attrs[k][i] for k in keys)])
     return path
+
+
+def write_asvspoof5_scores(path: str | Path, utts: Utterances, scores: np.ndarray) -> Path:
+    """The ASVspoof 5 submission layout: tab separated, header `filename<TAB>cm-score`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("filename\tcm-score\n")
+        for utt, s in zip(utts.ids, scores):
+            fh.write(f"{utt}\t{s:.6f}\n")
+    return path
+
+
+def write_scores(directory: str | Path, name: str, utts: Utterances, scores: np.ndarray) -> list[Path]:
+    """Every score file a set needs: `utt score`, the CSV, and the ASVspoof 5 TSV for that corpus."""
+    directory = Path(directory)
+    written = [write_score_file(directory / f"{name}.txt", utts, scores), write_score_csv(directory / f"{name}.csv", utts, scores)]
+    if "asvspoof5" in set(utts.attrs.get("corpus", [])):
+        written.append(write_asvspoof5_scores(directory / f"{name}.asvspoof5.tsv", utts, scores))
+    return written
+
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au"}
+
+
+def collect_audio(paths: list[str | Path]) -> list[Path]:
+    """Audio files named directly or found (recursively, sorted) in the named folders."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return found
+
+
+def scoring_options(train_cfg: object) -> dict[str, object]:
+    """score_utterances keyword arguments from an experiment's train section."""
+    return {
+        "batch_size": train_cfg.eval_batch_size,
+        "chunk_samples": train_cfg.eval_chunk_samples,
+        "chunk_overlap": train_cfg.eval_chunk_overlap,
+        "amp": train_cfg.amp,
+    }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    eval_specs: dict[str, dict] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Score a trained model on its own eval sets (or `eval_specs`); write score files and metrics.json."""
+    import json
+
+    from metadg.config import build_experiment
+    from metadg.training import load_trained
+
+    exp, model, _, _ = load_trained(checkpoint, device)
+    if eval_specs is not None:
+        data = exp.to_dict()
+        data["task"]["eval"] = eval_specs
+        exp = build_experiment(data, source=f"{checkpoint} + eval sets")
+    task = exp.task.build(seed=exp.seed)
+    out_dir = Path(out_dir)
+    results: dict[str, dict[str, float]] = {}
+    for name, utts in task.eval_sets().items():
+        scores = score_utterances(model, utts, device=device, progress=progress, desc=f"eval {name}", **scoring_options(exp.train))
+        results[name] = task.metrics(scores, utts)
+        write_scores(out_dir, name, utts, scores)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+
+
+def score_files(checkpoint: str | Path, paths: list[str | Path], out_csv: str | Path, device: str = "cpu") -> tuple[int, int]:
+    """Score audio files/folders with a trained model into a CSV; returns (scored, unreadable)."""
+    from metadg.tasks.spoof.audio import AudioError, load_audio
+    from metadg.training import load_trained
+
+    exp, model, _, meta = load_trained(checkpoint, device)
+    threshold = float(meta.get("dev", {}).get("eer_threshold", 0.0))
+    files = collect_audio(paths)
+    waves, kept, errors = [], [], {}
+    for path in files:
+        try:
+            waves.append(load_audio(path))
+            kept.append(path)
+        except AudioError as exc:  # one bad file must not lose the others' scores
+            errors[path] = str(exc)
+    utts = Utterances([str(p) for p in kept], np.zeros(len(kept), dtype=np.int64), {}, waves.__getitem__)
+    scores = score_utterances(model, utts, device=device, progress=True, **scoring_options(exp.train)) if kept else []
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    by_path = dict(zip(kept, scores))
+    with out_csv.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "score", "decision", "error"])
+        for path in files:
+            if path in by_path:
+                s = by_path[path]
+                writer.writerow([str(path), f"{s:.6f}", "bonafide" if s > threshold else "spoof", ""])
+            else:
+                writer.writerow([str(path), "", "", errors[path]])
+    return len(kept), len(errors)

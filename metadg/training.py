@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from metadg.adapters.base import Adapter
 from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
 from metadg.config import Experiment, build_experiment, dump_yaml
-from metadg.evaluation import score_utterances, write_score_csv, write_score_file
+from metadg.evaluation import score_utterances, scoring_options, write_scores
 from metadg.models.classifier import Classifier, build_model
 from metadg.tasks.base import Batch, Task, Utterances, fit_length
 from metadg.tracking import Tracker
@@ -278,10 +278,8 @@ class Trainer:
         return metrics
 
     def _score(self, utts: Utterances, progress: bool, desc: str = "scoring") -> np.ndarray:
-        tc = self.exp.train
         return score_utterances(
-            self.model, utts, batch_size=tc.eval_batch_size, device=self.device, progress=progress, desc=desc,
-            chunk_samples=tc.eval_chunk_samples, chunk_overlap=tc.eval_chunk_overlap, amp=tc.amp,
+            self.model, utts, device=self.device, progress=progress, desc=desc, **scoring_options(self.exp.train)
         )
 
     def _validate(self) -> dict[str, float]:
@@ -326,8 +324,7 @@ class Trainer:
         for name, utts in task.eval_sets().items():
             scores = self._score(utts, progress=tc.progress, desc=f"eval {name}")
             results[name] = task.metrics(scores, utts)
-            write_score_file(score_dir / f"{name}.txt", utts, scores)
-            write_score_csv(score_dir / f"{name}.csv", utts, scores)
+            write_scores(score_dir, name, utts, scores)
             self.tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in results[name].items()})
         if results:
             avg = float(np.mean([r[task.selection_metric] for r in results.values()]))

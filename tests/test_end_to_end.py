@@ -138,3 +138,33 @@ def test_rawboost_augments_training_crops_only(tiny_config):
     assert boosted.dev_set.load(0).tolist() == plain.dev_set.load(0).tolist()  # dev audio untouched
     tiny_config["task"]["augment"] = {"rawboost": {"algo": 3, "min_snr_db": 20, "max_snr_db": 20}}
     assert build_experiment(tiny_config).task.cfg.augment.rawboost.algo == 3
+
+
+def test_eval_and_score_commands(tiny_config, tmp_path, capsys):
+    import soundfile as sf
+
+    from metadg.cli import main
+
+    result = Trainer(build_experiment(tiny_config)).fit()
+    assert main(["eval", result.run_dir]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((Path(result.run_dir) / "eval" / "metrics.json").read_text())
+    assert metrics["all"]["eer"] == pytest.approx(result.eval["all"]["eer"])  # same model, same scores
+    assert f"{100 * result.eval['all']['eer']:.2f}" in out
+    assert (Path(result.run_dir) / "eval" / "all.txt").read_text() == (Path(result.run_dir) / "scores" / "all.txt").read_text()
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    sf.write(folder / "a.wav", np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1, 16000)
+    sf.write(folder / "b.flac", np.random.default_rng(1).standard_normal(12000).astype(np.float32) * 0.1, 16000)
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVEnot audio")
+    csv_path = tmp_path / "scores.csv"
+    assert main(["score", result.run_dir, str(folder), "--out", str(csv_path)]) == 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "path,score,decision,error" and len(rows) == 4
+    broken = next(r for r in rows if "broken.wav" in r)
+    assert "unreadable audio" in broken
+    good = [r.split(",") for r in rows[1:] if "broken" not in r]
+    assert all(r[2] in ("bonafide", "spoof") and float(r[1]) == float(r[1]) for r in good)
+    assert "1 unreadable" in capsys.readouterr().out
+    assert main(["score", result.run_dir, str(tmp_path / "nothing-here")]) == 1

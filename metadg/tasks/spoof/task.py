@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from metadg.config import ConfigError, StrictModel, validate_plugin
-from metadg.metrics import eer, per_domain_eer
+from metadg.metrics import compute_eer, per_domain_eer
 from metadg.registry import TASKS
 from metadg.tasks.base import Task, Utterances
 from metadg.tasks.spoof.corpora import CORPORA
@@ -109,8 +109,9 @@ class SpoofDetection(Task):
         return {name: self._read(spec, f"task.eval.{name}") for name, spec in self.cfg.eval.items()}
 
     def metrics(self, scores: np.ndarray, utts: Utterances) -> dict[str, float]:
-        """Pooled EER and, when the attribute exists, EER per domain value."""
-        out = {"eer": eer(scores, utts.labels)}
+        """Pooled EER (and its threshold) and, when the attribute exists, EER per domain value."""
+        value, threshold = compute_eer(scores[utts.labels == 1], scores[utts.labels == 0])
+        out = {"eer": value, "eer_threshold": threshold}
         if self.domain_key in utts.attrs:
             for domain, value in per_domain_eer(scores, utts.labels, utts.attrs[self.domain_key]).items():
                 out[f"eer/{domain}"] = value
