@@ -105,6 +105,20 @@ def write_asvspoof5_scores(path: str | Path, utts: Utterances, scores: np.ndarra
     return path
 
 
+def det_png(path: str | Path, sets: dict[str, tuple[Utterances, np.ndarray]]) -> Path | None:
+    """One DET curve per labelled set (probit axes); None when no set has both classes."""
+    from metadg.metrics import det_curve
+    from metadg.plots import det_plot
+
+    curves = {}
+    for name, (utts, scores) in sets.items():
+        bona, spoof = scores[utts.labels == 1], scores[utts.labels == 0]
+        if bona.size and spoof.size:
+            frr, far, _ = det_curve(bona, spoof)
+            curves[name] = (frr, far)
+    return det_plot(curves, path) if curves else None
+
+
 def write_scores(directory: str | Path, name: str, utts: Utterances, scores: np.ndarray) -> list[Path]:
     """Every score file a set needs: `utt score`, the CSV, and the ASVspoof 5 TSV for that corpus."""
     directory = Path(directory)
@@ -161,11 +175,14 @@ def evaluate_checkpoint(
     task = exp.task.build(seed=exp.seed)
     out_dir = Path(out_dir)
     results: dict[str, dict[str, float]] = {}
+    scored = {}
     for name, utts in task.eval_sets().items():
         scores = score_utterances(model, utts, device=device, progress=progress, desc=f"eval {name}", **scoring_options(exp.train))
         results[name] = task.metrics(scores, utts)
         write_scores(out_dir, name, utts, scores)
+        scored[name] = (utts, scores)
     out_dir.mkdir(parents=True, exist_ok=True)
+    det_png(out_dir / "det.png", scored)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
 

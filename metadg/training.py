@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from metadg.adapters.base import Adapter
 from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
 from metadg.config import Experiment, build_experiment, dump_yaml
-from metadg.evaluation import score_utterances, scoring_options, write_scores
+from metadg.evaluation import det_png, score_utterances, scoring_options, write_scores
 from metadg.models.classifier import Classifier, build_model
 from metadg.tasks.base import Batch, Task, Utterances, fit_length
 from metadg.tracking import Tracker
@@ -321,14 +321,18 @@ class Trainer:
         tc, task = self.exp.train, self.task
         results: dict[str, dict[str, float]] = {}
         score_dir = self.run_dir / "scores"
+        scored = {}
         for name, utts in task.eval_sets().items():
             scores = self._score(utts, progress=tc.progress, desc=f"eval {name}")
             results[name] = task.metrics(scores, utts)
             write_scores(score_dir, name, utts, scores)
+            scored[name] = (utts, scores)
             self.tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in results[name].items()})
         if results:
             avg = float(np.mean([r[task.selection_metric] for r in results.values()]))
             self.tracker.log_metrics(run_id, {f"eval/avg_{task.selection_metric}": avg})
+        if scored and det_png(score_dir / "det.png", scored) is not None:
+            self.tracker.log_artifact(run_id, score_dir / "det.png")
         if score_dir.exists():
             self.tracker.log_artifact(run_id, score_dir, "scores")
         self.tracker.log_artifact(run_id, self.run_dir / "checkpoints" / "best", "checkpoint")

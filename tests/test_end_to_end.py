@@ -53,7 +53,8 @@ def test_tiny_experiment_trains_tracks_and_reloads(tracked, tmp_path):
     assert [m.step for m in dev_history] == [3, 6]
     assert len(client.get_metric_history(result.run_id, "train/loss")) >= 1
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "scores", "checkpoint"} <= artifacts
+    assert {"config.yaml", "scores", "checkpoint", "det.png"} <= artifacts
+    assert (run_dir / "scores" / "det.png").stat().st_size > 1000
 
     # The best checkpoint rebuilds the model and reproduces the saved scores
     _, model, _, meta = load_trained(run_dir / "checkpoints" / "best")
