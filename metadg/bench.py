@@ -11,7 +11,16 @@ from typing import Any
 
 import yaml
 
-from metadg.config import ConfigError, Experiment, apply_overrides, build_experiment, deep_merge, load_raw, set_dotted
+from metadg.config import (
+    ConfigError,
+    Experiment,
+    apply_overrides,
+    build_experiment,
+    deep_merge,
+    expand_vars,
+    load_raw,
+    set_dotted,
+)
 from metadg.tracking import Tracker
 from metadg.training import RunResult, Trainer
 
@@ -48,6 +57,10 @@ def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, l
             cell_label = " ".join(parts) or label
             data["name"] = f"{name}/{_slug(cell_label)}"
             where = f"{path} [{cell_label}]"
+            try:
+                data = expand_vars(data)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             cells.append(Cell(cell_label, build_experiment(data, source=where)))
     labels = [c.label for c in cells]
     dupes = sorted({x for x in labels if labels.count(x) > 1})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, Registry, unknown_name_message
 
 BENCH_KEYS = ("grid", "variants", "search", "benchmark")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(ValueError):
@@ -237,6 +240,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return out
 
 
+def expand_vars(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace `${name}` in strings by `vars.name`, else the environment variable; `vars` is removed."""
+    data = dict(data)
+    variables = data.pop("vars", None) or {}
+    if not isinstance(variables, dict):
+        raise ConfigError("vars: must be a mapping of name → value")
+    variables = dict(variables)
+    for _ in range(len(variables) + 1):  # vars may use other vars; a cycle never settles
+        pending = {k: v for k, v in variables.items() if isinstance(v, str) and _VAR.search(v)}
+        if not pending:
+            break
+        for key in pending:
+            variables[key] = _VAR.sub(lambda m: str(variables.get(m.group(1), os.environ.get(m.group(1), m.group(0)))), variables[key])
+    else:
+        raise ConfigError(f"vars: {sorted(pending)} refer to each other in a cycle or to undefined names")
+
+    def sub(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: sub(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v, f"{where}.{i}") for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if name in os.environ:
+                return os.environ[name]
+            known = ", ".join(sorted(variables)) or "none"
+            raise ConfigError(f"{where}: ${{{name}}} is neither in vars: ({known}) nor an environment variable")
+
+        return _VAR.sub(lookup, value)
+
+    return sub(data, "")
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -353,7 +394,7 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """Load, merge, override and validate an experiment YAML file."""
     path = Path(path)
-    data = apply_overrides(load_raw(path), overrides)
+    data = expand_vars(apply_overrides(load_raw(path), overrides))
     return build_experiment(data, source=str(path), default_name=path.stem)
 
 

@@ -113,3 +113,18 @@ def test_cli_list_shows_plugins_and_defaults():
     assert proc.returncode == 0, proc.stderr
     for needle in ("mldg", "erm", "lora", "full", "head_only", "spoof_detection", "ssl", "linear", "synthetic", "n_meta_test = 1"):
         assert needle in proc.stdout
+
+
+def test_vars_and_environment_are_expanded(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setenv("METADG_TEST_RUNS", str(tmp_path / "from-env"))
+    cfg = {**tiny_config, "vars": {"exp": "alpha", "tag": "${exp}-1"}, "name": "run-${tag}", "output_dir": "${METADG_TEST_RUNS}"}
+    write(tmp_path / "exp.yaml", cfg)
+    exp = load_config(tmp_path / "exp.yaml")
+    assert exp.name == "run-alpha-1" and exp.output_dir == str(tmp_path / "from-env")
+    assert load_config(tmp_path / "exp.yaml", ["vars.exp=beta"]).name == "run-beta-1"
+    write(tmp_path / "bad.yaml", {**cfg, "name": "${nope}"})
+    with pytest.raises(ConfigError, match=r"name: \$\{nope\} is neither in vars: \(exp, tag\) nor an environment variable"):
+        load_config(tmp_path / "bad.yaml")
+    write(tmp_path / "cycle.yaml", {**cfg, "vars": {"a": "${b}", "b": "${a}"}})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "cycle.yaml")

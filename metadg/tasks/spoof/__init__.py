@@ -1,3 +1,12 @@
 """Speech deepfake (spoof) detection: task, corpora, audio."""
 
-from metadg.tasks.spoof import corpora, list_corpus, task  # noqa: F401  registers plugins
+from metadg.tasks.spoof import (  # noqa: F401  registers plugins
+    corpora,
+    fake_or_real,
+    fakeavceleb,
+    in_the_wild,
+    list_corpus,
+    mlaad,
+    task,
+    wavefake,
+)

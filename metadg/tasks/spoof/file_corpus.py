@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,7 +153,9 @@ class FileCorpus(Corpus):
         labels: list[int] = []
         paths: list[str] = []
         attrs: dict[str, list[str]] = {}
-        root = self.root.resolve()
+        # Lexical check (no symlink resolution): '..' may not climb out of the
+        # root, but corpora whose files are symlinks to another disk stay valid.
+        root = Path(os.path.normpath(self.root.absolute()))
         seen: set[str] = set()
         rows = self.rows()
         for row in tqdm(rows, desc=f"indexing {self.name}", unit=" rows", disable=None, leave=False, mininterval=1.0):
@@ -162,11 +165,11 @@ class FileCorpus(Corpus):
                 self.fail("unknown label", f"{row.where}: {exc}")
                 continue
             path = row.path if row.path.is_absolute() else self.root / row.path
-            resolved = path.resolve()
-            if not resolved.is_relative_to(root):
+            normal = Path(os.path.normpath(path.absolute()))
+            if not normal.is_relative_to(root):
                 self.fail("path outside root", f"{row.where}: {row.path} escapes the corpus root {root}")
                 continue
-            if self.cfg.check_files and not resolved.is_file():
+            if self.cfg.check_files and not normal.is_file():
                 self.fail("missing file", f"{row.where}: audio file {path} not found")
                 continue
             if row.utt_id in seen:
@@ -175,7 +178,7 @@ class FileCorpus(Corpus):
             seen.add(row.utt_id)
             ids.append(row.utt_id)
             labels.append(label)
-            paths.append(str(resolved))
+            paths.append(str(normal))
             for key, value in row.attrs.items():
                 attrs.setdefault(key, [""] * (len(ids) - 1)).append(value)
             for key, column in attrs.items():  # rows that lack an attribute get ''

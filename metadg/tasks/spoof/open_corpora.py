@@ -1,0 +1,130 @@
+"""Shared parts of the readers of public deepfake corpora other than ASVspoof.
+
+The readers live in `in_the_wild`, `fake_or_real`, `fakeavceleb`, `mlaad` and `wavefake`. Every one gives
+every row an `attack` attribute ('-' for bona fide), so `filters: {attack: [...]}` selects spoofing
+systems and keeps all bona fide rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from metadg.tasks.base import Utterances
+from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpus, FileLoader, Row, SkipReport
+
+BONAFIDE = "-"  # attack value of bona fide rows: filters always keep it
+
+#: (root, rows) per source folder of a reader, e.g. MLAAD's fake/ and the M-AILABS root
+Parts = list[tuple[Path, Callable[[], Iterator[Row]]]]
+
+
+def locate(root: Path, names: Sequence[str]) -> Path:
+    """root/<name>/<name> (mirrors that nest one level deeper), else root/<name>, else root itself."""
+    for outer in names:
+        for inner in names:
+            if (root / outer / inner).is_dir():
+                return root / outer / inner
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def stem_id(relative: Path) -> str:
+    """Utterance id: the path relative to the corpus folder, without extension, with '/' separators."""
+    return relative.with_suffix("").as_posix()
+
+
+def audio_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Audio files directly in `folder`, sorted by name so ids and order are deterministic."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+
+
+class OpenCorpus(FileCorpus):
+    """Base of these readers: CSV tables through the on_error policy, rows drawn from several roots."""
+
+    _part_rows: Callable[[], Iterator[Row]] | None = None
+
+    def table(
+        self,
+        path: Path,
+        required: Sequence[str],
+        delimiter: str = ",",
+        fix_header: Callable[[list[str]], list[str]] | None = None,
+    ) -> Iterator[tuple[str, dict[str, str]]]:
+        """(where, record) per data row of a delimited file with a header; bad rows go through on_error."""
+        # MLAAD transcripts hold stray quotes: '|' tables are read without quoting so one quote
+        # cannot swallow the following rows.
+        quoting = csv.QUOTE_NONE if delimiter == "|" else csv.QUOTE_MINIMAL
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:  # garbage → bad fields → on_error
+            reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
+            try:
+                header = [h.strip() for h in next(reader, [])]
+            except csv.Error as exc:
+                raise CorpusError(f"{path}:1: unreadable header: {exc}") from None
+            header = fix_header(header) if fix_header else header
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise CorpusError(
+                    f"{path}:1: no column(s) {', '.join(missing)} (have: {', '.join(header) or 'nothing'}; "
+                    f"expected header {delimiter.join(required)})"
+                )
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # e.g. NUL bytes; the reader resumes at the next line
+                    self.fail("malformed line", f"{path}:{reader.line_num}: {exc}")
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if not any(f.strip() for f in fields):
+                    continue
+                if len(fields) != len(header):
+                    self.fail("malformed line", f"{where}: expected {len(header)} fields, got {len(fields)}")
+                    continue
+                yield where, {h: f.strip() for h, f in zip(header, fields)}
+
+    def parts(self) -> Parts:
+        """(root, rows) per source folder; paths of each source must stay inside its own root."""
+        raise NotImplementedError
+
+    def rows(self) -> Iterator[Row]:
+        """Rows of the source `read` is indexing (of every source when called on its own)."""
+        if self._part_rows is not None:
+            yield from self._part_rows()
+            return
+        for _, rows in self.parts():
+            yield from rows()
+
+    def read(self) -> Utterances:
+        """Index each source under its own root (the base checks paths against one root) and concatenate."""
+        configured, total, pieces = self.root, SkipReport(self.name), []
+        try:
+            for root, rows in self.parts():
+                self.root, self._part_rows, self.skips = root, rows, SkipReport(self.name)
+                try:
+                    pieces.append(super().read())
+                finally:
+                    total.counts.update(self.skips.counts)
+                    for reason, examples in self.skips.examples.items():
+                        total.examples[reason] = (total.examples.get(reason, []) + examples)[:3]
+        finally:
+            self.root, self.skips, self._part_rows = configured, total, None
+        return concat(pieces, self.name)
+
+
+def concat(pieces: list[Utterances], name: str) -> Utterances:
+    """One Utterances from several FileLoader-backed pieces; attributes one piece lacks are ''."""
+    if len(pieces) == 1:
+        return pieces[0]
+    keys = list(dict.fromkeys(k for p in pieces for k in p.attrs))
+    attrs = {k: [v for p in pieces for v in p.attrs.get(k, [""] * len(p))] for k in keys}
+    ids = [i for p in pieces for i in p.ids]
+    labels = np.concatenate([p.labels for p in pieces])
+    paths = [path for p in pieces for path in p.loader.paths]
+    return Utterances(ids, labels, attrs, FileLoader(paths), name=name)
