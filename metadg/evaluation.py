@@ -38,7 +38,10 @@ def score_utterances(
     chunk_overlap: float = 0.5,
     amp: bool = False,
 ) -> np.ndarray:
-    """Bona fide log-odds per utterance, in `utts` order: whole utterances, or the mean over overlapping chunks."""
+    """Bona fide log-odds per utterance, in `utts` order: whole utterances, or the mean over overlapping chunks.
+
+    Under `utts.on_error == "skip"` an unusable file scores NaN and is counted in `utts.skipped`.
+    """
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -49,8 +52,9 @@ def score_utterances(
     window = batch_size * 8
     bar = tqdm(total=len(utts), desc=desc, disable=None if progress else True, leave=False, unit="utt")
     for start in range(0, len(utts), window):
-        segs = [(i, seg) for i in range(start, min(start + window, len(utts)))
-                for seg in segments(utts.load(i), chunk_samples, chunk_overlap)]
+        waves = {i: utts.try_load(i) for i in range(start, min(start + window, len(utts)))}
+        segs = [(i, seg) for i, wave in waves.items() if wave is not None
+                for seg in segments(wave, chunk_samples, chunk_overlap)]
         segs.sort(key=lambda item: item[1].shape[0])
         for b in range(0, len(segs), batch_size):
             part = segs[b : b + batch_size]
@@ -67,7 +71,8 @@ def score_utterances(
         bar.update(min(start + window, len(utts)) - start)
     bar.close()
     model.train(was_training)
-    return totals / counts
+    with np.errstate(invalid="ignore"):
+        return totals / counts  # NaN marks an utterance skipped under on_error: skip
 
 
 def write_score_file(path: str | Path, utts: Utterances, scores: np.ndarray) -> Path:
@@ -76,7 +81,8 @@ def write_score_file(path: str | Path, utts: Utterances, scores: np.ndarray) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for utt, s in zip(utts.ids, scores):
-            fh.write(f"{utt} {s:.6f}\n")
+            if np.isfinite(s):  # skipped utterances (on_error: skip) have no score
+                fh.write(f"{utt} {s:.6f}\n")
     return path
 
 
@@ -101,7 +107,8 @@ def write_asvspoof5_scores(path: str | Path, utts: Utterances, scores: np.ndarra
     with path.open("w", encoding="utf-8") as fh:
         fh.write("filename\tcm-score\n")
         for utt, s in zip(utts.ids, scores):
-            fh.write(f"{utt}\t{s:.6f}\n")
+            if np.isfinite(s):
+                fh.write(f"{utt}\t{s:.6f}\n")
     return path
 
 

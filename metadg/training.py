@@ -85,13 +85,32 @@ class DomainBatcher:
         """{domain: Batch} with bona fide first, then that domain's spoofs, cropped to fixed length."""
         out = {}
         for d in self.domains:
-            idx = np.concatenate([self._draw(self.bona_pools[d], self.n_bona), self._draw(self.spoof_pools[d], self.n_spoof)])
-            crops = [fit_length(self.utts.load(int(i)), self.crop_samples, self.rng) for i in idx]
-            if self.augment is not None:
-                crops = [self.augment(c, self.rng) for c in crops]
-            waves = np.stack(crops)
-            out[d] = Batch(torch.from_numpy(waves), torch.from_numpy(self.utts.labels[idx]))
+            picks = [(True, int(i)) for i in self._draw(self.bona_pools[d], self.n_bona)]
+            picks += [(False, int(i)) for i in self._draw(self.spoof_pools[d], self.n_spoof)]
+            crops, idx = [], []
+            for bona, i in picks:
+                i, wave = self._load(d, bona, i)
+                crop = fit_length(wave, self.crop_samples, self.rng)
+                crops.append(self.augment(crop, self.rng) if self.augment is not None else crop)
+                idx.append(i)
+            out[d] = Batch(torch.from_numpy(np.stack(crops)), torch.from_numpy(self.utts.labels[idx]))
         return out
+
+    def _load(self, domain: str, bona: bool, index: int) -> tuple[int, np.ndarray]:
+        # Under on_error: skip, an unusable file leaves its pool for good and a
+        # replacement is drawn from the same pool; under raise, try_load raises.
+        while (wave := self.utts.try_load(index)) is None:
+            pools = self.bona_pools if bona else self.spoof_pools
+            bad = pools[domain]
+            kept = bad[bad != index]
+            for d, pool in pools.items():
+                if pool is bad:  # a shared bona fide pool is one object: update it everywhere
+                    pools[d] = kept
+            if pools[domain].size == 0:
+                kind = "bona fide" if bona else f"spoof {domain!r}"
+                raise ValueError(f"{self.utts.name}: every {kind} utterance is unusable ({dict(self.utts.skipped)})")
+            index = int(self._draw(pools[domain], 1)[0])
+        return index, wave
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler position (the RNG state)."""
@@ -317,6 +336,13 @@ class Trainer:
         self.tracker.log_metrics(run_id, {f"best_dev/{k}": v for k, v in best_dev.items()} | {"best_step": best_step}, step)
         return best_step, step, best_dev
 
+    def _report_skips(self, run_id: str | None, sets: dict[str, Utterances]) -> None:
+        # on_error: skip must never lose data silently: count per set and reason, log and print.
+        counts = {f"skipped/{name}/{reason}": n for name, u in sets.items() for reason, n in u.skipped.items()}
+        if counts:
+            self.tracker.log_metrics(run_id, counts)
+            log.warning("skipped under on_error: skip: %s", ", ".join(f"{k.split('/', 1)[1]}: {v}" for k, v in counts.items()))
+
     def _evaluate(self, run_id: str | None) -> dict[str, dict[str, float]]:
         tc, task = self.exp.train, self.task
         results: dict[str, dict[str, float]] = {}
@@ -331,6 +357,7 @@ class Trainer:
         if results:
             avg = float(np.mean([r[task.selection_metric] for r in results.values()]))
             self.tracker.log_metrics(run_id, {f"eval/avg_{task.selection_metric}": avg})
+        self._report_skips(run_id, {"train": self.batcher.utts, "dev": self.dev_set, **{n: u for n, (u, _) in scored.items()}})
         if scored and det_png(score_dir / "det.png", scored) is not None:
             self.tracker.log_artifact(run_id, score_dir / "det.png")
         if score_dir.exists():

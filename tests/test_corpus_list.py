@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from metadg.config import ConfigError, validate_plugin
 from metadg.tasks.spoof.corpora import CORPORA
@@ -94,3 +95,52 @@ def test_missing_list_and_bad_policy_are_clear(tmp_path):
         read({"path": str(tmp_path / "nowhere.csv")})
     with pytest.raises(ConfigError, match=r"task\.train\.on_error"):
         validate_plugin(CORPORA, {"name": "list", "path": "x.csv", "on_error": "ignore"}, "task.train")
+
+
+@pytest.fixture
+def lazy_bad(corpus):
+    """Files that index fine (they exist) but fail when opened: corrupt, silent, NaN, empty."""
+    (corpus / "audio" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    sf.write(corpus / "audio" / "silent.wav", np.zeros(4000, dtype=np.float32), 16000)
+    sf.write(corpus / "audio" / "nan.wav", np.full(4000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    sf.write(corpus / "audio" / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    lines = ["path,label,attack", "audio/a.wav,bonafide,-", "audio/c.wav,bonafide,-", "audio/b.flac,spoof,A01",
+             "audio/corrupt.wav,spoof,A01", "audio/silent.wav,bonafide,-", "audio/nan.wav,spoof,A01", "audio/empty.wav,spoof,A01"]
+    return write_list(corpus / "list.csv", lines)
+
+
+def test_unusable_audio_raises_naming_the_file(lazy_bad):
+    from metadg.tasks.spoof.audio import AudioError
+
+    utts = read({"path": str(lazy_bad)})
+    for name, message in [("corrupt", "unreadable audio"), ("silent", "silent"), ("nan", "NaN or infinite"), ("empty", "empty audio")]:
+        index = utts.ids.index(f"audio/{name}")
+        with pytest.raises(AudioError, match=rf"{name}\.wav: {message}"):
+            utts.load(index)
+
+
+def test_unusable_audio_is_skipped_and_counted_when_asked(lazy_bad):
+    from metadg.evaluation import score_utterances
+    from metadg.tasks.spoof.task import SpoofDetection, SpoofDetectionConfig
+    from metadg.training import DomainBatcher
+
+    utts = read({"path": str(lazy_bad), "on_error": "skip"})
+    batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5, crop_samples=800, seed=0)
+    for _ in range(10):  # every draw ends up on a usable file
+        batch = batcher.next()["A01"]
+        assert torch.isfinite(batch.inputs).all() and batch.inputs.abs().amax(1).min() > 0
+    assert set(utts.skipped) <= {"unreadable audio", "silent audio", "non-finite samples", "empty audio"}
+
+    fresh = read({"path": str(lazy_bad), "on_error": "skip"})
+
+    class Const(torch.nn.Module):
+        def forward(self, x, lengths=None):
+            return torch.stack([-x.mean(1), x.mean(1)], 1)
+
+    scores = score_utterances(Const(), fresh, progress=False)
+    bad = [i for i, u in enumerate(fresh.ids) if u.split("/")[1] in ("corrupt", "silent", "nan", "empty")]
+    assert np.isnan(scores[bad]).all() and np.isfinite(np.delete(scores, bad)).all()
+    assert dict(fresh.skipped) == {"unreadable audio": 1, "silent audio": 1, "non-finite samples": 1, "empty audio": 1}
+    task = SpoofDetection(SpoofDetectionConfig(train={"name": "synthetic"}, dev={"name": "synthetic"}))
+    metrics = task.metrics(scores, fresh)
+    assert metrics["skipped"] == 4 and 0 <= metrics["eer"] <= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +55,14 @@ def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None
     return wave[start : start + n_samples]
 
 
+class LoadError(ValueError):
+    """An utterance whose audio cannot be used (unreadable, empty, silent, NaN); names the file."""
+
+    def __init__(self, message: str, reason: str = "unusable audio") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Utterances:
     """A labelled list of utterances with string attributes, audio loaded on demand."""
 
@@ -61,7 +73,11 @@ class Utterances:
         attrs: dict[str, Sequence[str]],
         loader: Callable[[int], np.ndarray],
         name: str = "",
+        on_error: str = "raise",
     ) -> None:
+        self.on_error = on_error
+        #: utterances whose audio failed to load under on_error: skip, by reason
+        self.skipped: Counter[str] = Counter()
         self.ids = list(ids)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.attrs = {k: list(v) for k, v in attrs.items()}
@@ -81,6 +97,19 @@ class Utterances:
         """Waveform of utterance `index` as float32 mono at the library's sample rate."""
         return self.loader(index)
 
+    def try_load(self, index: int) -> np.ndarray | None:
+        """Like `load`, but under on_error: skip a bad file is counted and gives None."""
+        try:
+            return self.loader(index)
+        except LoadError as exc:
+            if self.on_error != "skip":
+                raise
+            reason = exc.reason
+            if not self.skipped:
+                log.warning("%s: skipping unusable audio (on_error: skip): %s", self.name or "utterances", exc)
+            self.skipped[reason] += 1
+            return None
+
     def attr(self, key: str) -> list[str]:
         """Column of attribute `key`; the error lists the attributes that exist."""
         if key not in self.attrs:
@@ -90,13 +119,16 @@ class Utterances:
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> Utterances:
         """A view on some utterances; audio still comes from the parent's loader."""
         idx = [int(i) for i in indices]
-        return Utterances(
+        sub = Utterances(
             [self.ids[i] for i in idx],
             self.labels[idx],
             {k: [v[i] for i in idx] for k, v in self.attrs.items()},
             _SubsetLoader(self.loader, idx),
             name if name is not None else self.name,
+            self.on_error,
         )
+        sub.skipped = self.skipped  # one tally per corpus, whichever view hit the bad file
+        return sub
 
 
 @dataclass

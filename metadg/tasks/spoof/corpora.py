@@ -46,6 +46,7 @@ class Corpus:
             values = utts.attr(key)
             allowed_set = set(map(str, allowed))
             keep &= np.array([v in allowed_set or v == "-" for v in values], dtype=bool)
+        utts.on_error = getattr(self.cfg, "on_error", "raise")
         return utts if keep.all() else utts.subset(np.flatnonzero(keep))
 
 

@@ -189,7 +189,9 @@ class FileCorpus(Corpus):
         if not ids:
             raise CorpusError(f"{self.name}: no usable utterances under {self.root}")
         attrs.setdefault("corpus", [self.name] * len(ids))
-        return Utterances(ids, labels, attrs, FileLoader(paths), name=self.name)
+        utts = Utterances(ids, labels, attrs, FileLoader(paths), name=self.name)
+        utts.skipped.update(self.skips.counts)  # index-time skips join the load-time ones
+        return utts
 
 
 class FileLoader:

@@ -109,11 +109,17 @@ class SpoofDetection(Task):
         return {name: self._read(spec, f"task.eval.{name}") for name, spec in self.cfg.eval.items()}
 
     def metrics(self, scores: np.ndarray, utts: Utterances) -> dict[str, float]:
-        """Pooled EER (and its threshold) and, when the attribute exists, EER per domain value."""
-        value, threshold = compute_eer(scores[utts.labels == 1], scores[utts.labels == 0])
-        out = {"eer": value, "eer_threshold": threshold}
+        """Pooled EER (and its threshold) and, when the attribute exists, EER per domain value.
+
+        Utterances skipped under on_error: skip (NaN scores) are left out and counted as `skipped`.
+        """
+        ok = np.isfinite(scores)
+        labels = utts.labels[ok]
+        value, threshold = compute_eer(scores[ok][labels == 1], scores[ok][labels == 0])
+        out = {"eer": value, "eer_threshold": threshold, "skipped": float((~ok).sum())}
         if self.domain_key in utts.attrs:
-            for domain, value in per_domain_eer(scores, utts.labels, utts.attrs[self.domain_key]).items():
+            domains = [d for d, keep in zip(utts.attrs[self.domain_key], ok) if keep]
+            for domain, value in per_domain_eer(scores[ok], labels, domains).items():
                 out[f"eer/{domain}"] = value
         return out
 
