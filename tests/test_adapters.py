@@ -192,3 +192,34 @@ def test_per_head_lora_refuses_non_attention_targets():
     model, adapter = make({"name": "lora", "per_head": True, "targets": ["q_proj", "intermediate_dense"]})
     with pytest.raises(ValueError, match="only attention projections have heads"):
         adapter.apply(model)
+
+
+def test_per_head_factors_affect_only_their_own_head():
+    r = 2
+    model, adapter = make({"name": "lora", "r": r, "per_head": True})
+    adapter.apply(model)
+    heads, head = model.backbone.num_heads, model.backbone.out_dim // model.backbone.num_heads
+    attn = model.backbone.model.base_model.model.encoder.layers[0].attention
+    x = torch.randn(3, 7, model.backbone.out_dim)
+    with torch.no_grad():
+        for name, p in adapter.trainable_parameters(model).items():
+            if "lora_" in name:
+                p.normal_(std=0.1)
+        q_before, out_before = attn.q_proj(x), attn.out_proj(x)
+        # q_proj: head 1's B block (compact block-diagonal rows) moves head 1's output slice only.
+        attn.q_proj.lora_B["default"].weight[head:2 * head] += 1.0
+        q_diff = (attn.q_proj(x) - q_before).abs().amax((0, 1))
+        assert [h for h in range(heads) if q_diff[h * head:(h + 1) * head].max() > 0] == [1]
+        # out_proj: head 1's A block reads head 1's input slice only.
+        x_other = x.clone()
+        x_other[..., head:2 * head] = torch.randn(3, 7, head)  # change head 1's input only
+        ref_other = attn.out_proj(x_other)
+        attn.out_proj.lora_A["default"].weight[r:2 * r] += 1.0
+        assert (attn.out_proj(x) - out_before).abs().max() > 0
+        x_zero = x.clone()
+        x_zero[..., head:2 * head] = 0
+        attn.out_proj.lora_A["default"].weight[r:2 * r] -= 1.0
+        base_zero = attn.out_proj(x_zero)
+        attn.out_proj.lora_A["default"].weight[r:2 * r] += 1.0
+        torch.testing.assert_close(attn.out_proj(x_zero), base_zero)  # no head-1 input, no effect
+        assert not torch.allclose(attn.out_proj(x_other), ref_other)  # head-1 input, effect

@@ -53,7 +53,11 @@ class SSLConfig(StrictModel):
     """Where the encoder comes from and which layer(s) feed the head."""
 
     pretrained: str | None = Field(None, description="local Hugging Face checkpoint directory (never downloaded)")
-    preset: str | None = Field(None, description=f"named random-init shape: {', '.join(PRESETS)}")
+    preset: str | None = Field(
+        None,
+        description=f"named shape ({', '.join(PRESETS)}): random init, or beside pretrained the expected shape "
+        "(checked on load; lets `metadg params` count without the checkpoint)",
+    )
     config: dict[str, Any] | None = Field(
         None, description="transformers config fields for random init (model_type defaults to wav2vec2)"
     )
@@ -67,13 +71,21 @@ class SSLConfig(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> SSLConfig:
         given = [k for k in ("pretrained", "preset", "config") if getattr(self, k) is not None]
-        if len(given) > 1 and not (given == ["preset", "config"]):
+        if len(given) > 1 and given not in (["preset", "config"], ["pretrained", "preset"]):
             raise ValueError(f"give one of pretrained / preset / config (got {', '.join(given)})")
         if not given:
             raise ValueError("give pretrained: <local dir>, preset: <name> or config: {...}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (valid: {', '.join(PRESETS)})")
         return self
+
+
+def _check_shape(hf: object, preset: dict[str, Any], path: Path, name: str) -> None:
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    wrong = {k: (getattr(hf, k, None), preset[k]) for k in keys if k in preset and getattr(hf, k, None) != preset[k]}
+    if wrong:
+        detail = ", ".join(f"{k} {got} != {want}" for k, (got, want) in wrong.items())
+        raise ValueError(f"model.backbone: checkpoint {path} does not have the {name} shape ({detail})")
 
 
 @MODELS.register("ssl")
@@ -89,14 +101,15 @@ class SSLBackbone(nn.Module):
         self.cfg = cfg
         want_all = cfg.layer != "last"
         attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
-        if cfg.pretrained is not None:
-            path = Path(cfg.pretrained).expanduser()
+        on_meta = torch.empty(0).device.type == "meta"
+        path = Path(cfg.pretrained).expanduser() if cfg.pretrained is not None else None
+        if path is not None and not (on_meta and cfg.preset and not (path / "config.json").is_file()):
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(
                     f"model.backbone.pretrained: {path} is not a Hugging Face checkpoint directory "
                     "(expected config.json and model weights; metadg never downloads weights)"
                 )
-            if torch.empty(0).device.type == "meta":
+            if on_meta:
                 # Shapes only (e.g. `metadg params`): from_pretrained refuses the meta device.
                 hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
                 self.model = AutoModel.from_config(hf_cfg, attn_implementation=attn)
@@ -111,6 +124,8 @@ class SSLBackbone(nn.Module):
             hf_cfg = AutoConfig.for_model(model_type, **fields)
             self.model = AutoModel.from_config(hf_cfg, attn_implementation=attn)
         hf = self.model.config
+        if path is not None and cfg.preset:
+            _check_shape(hf, PRESETS[cfg.preset], path, cfg.preset)
         self.out_dim: int = int(hf.hidden_size)
         self.num_layers: int = int(hf.num_hidden_layers)
         self.num_heads: int = int(hf.num_attention_heads)

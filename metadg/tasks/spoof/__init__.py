@@ -1,6 +1,7 @@
 """Speech deepfake (spoof) detection: task, corpora, audio."""
 
 from metadg.tasks.spoof import (  # noqa: F401  registers plugins
+    asvspoof,
     corpora,
     fake_or_real,
     fakeavceleb,
