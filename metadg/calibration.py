@@ -111,10 +111,13 @@ class Calibrator:
         return self
 
     def transform(self, scores: ArrayLike) -> np.ndarray:
-        """Map raw scores to calibrated natural-log LLRs."""
+        """Map raw scores to calibrated natural-log LLRs (NaN, a skipped utterance, stays NaN)."""
         if not self.is_fitted:
             raise RuntimeError("Calibrator is not fitted; call fit() or from_dict() first")
-        return self.slope * _as_scores(scores, "scores") + self.offset
+        arr = np.asarray(scores, dtype=np.float64)
+        if arr.ndim != 1:
+            raise ValueError(f"scores must be 1-D, got shape {arr.shape}")
+        return self.slope * arr + self.offset
 
     def fit_transform(self, scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
         return self.fit(scores, labels).transform(scores)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from metadg.calibration import Calibrator
 from metadg.models.classifier import Classifier
 from metadg.tasks.base import Utterances
 
@@ -86,17 +87,18 @@ def write_score_file(path: str | Path, utts: Utterances, scores: np.ndarray) -> 
     return path
 
 
-def write_score_csv(path: str | Path, utts: Utterances, scores: np.ndarray) -> Path:
-    """CSV with utterance, score, label and every attribute, for analysis."""
+def write_score_csv(path: str | Path, utts: Utterances, scores: np.ndarray, llr: np.ndarray | None = None) -> Path:
+    """CSV with utterance, score, calibrated LLR (if any), label and every attribute, for analysis."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted(utts.attrs)
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["utt", "score", "label", *keys])
+        writer.writerow(["utt", "score", *(["llr"] if llr is not None else []), "label", *keys])
         for i, (utt, s) in enumerate(zip(utts.ids, scores)):
             label = "bonafide" if utts.labels[i] == 1 else "spoof"
-            writer.writerow([utt, f"{s:.6f}", label, *(utts.attrs[k][i] for k in keys)])
+            extra = [f"{llr[i]:.6f}"] if llr is not None else []
+            writer.writerow([utt, f"{s:.6f}", *extra, label, *(utts.attrs[k][i] for k in keys)])
     return path
 
 
@@ -126,10 +128,12 @@ def det_png(path: str | Path, sets: dict[str, tuple[Utterances, np.ndarray]]) ->
     return det_plot(curves, path) if curves else None
 
 
-def write_scores(directory: str | Path, name: str, utts: Utterances, scores: np.ndarray) -> list[Path]:
+def write_scores(
+    directory: str | Path, name: str, utts: Utterances, scores: np.ndarray, llr: np.ndarray | None = None
+) -> list[Path]:
     """Every score file a set needs: `utt score`, the CSV, and the ASVspoof 5 TSV for that corpus."""
     directory = Path(directory)
-    written = [write_score_file(directory / f"{name}.txt", utts, scores), write_score_csv(directory / f"{name}.csv", utts, scores)]
+    written = [write_score_file(directory / f"{name}.txt", utts, scores), write_score_csv(directory / f"{name}.csv", utts, scores, llr)]
     if "asvspoof5" in set(utts.attrs.get("corpus", [])):
         written.append(write_asvspoof5_scores(directory / f"{name}.asvspoof5.tsv", utts, scores))
     return written
@@ -174,7 +178,8 @@ def evaluate_checkpoint(
     from metadg.config import build_experiment
     from metadg.training import load_trained
 
-    exp, model, _, _ = load_trained(checkpoint, device)
+    exp, model, _, meta = load_trained(checkpoint, device)
+    calibrator = Calibrator.from_dict(meta["calibration"]) if meta.get("calibration") else None
     if eval_specs is not None:
         data = exp.to_dict()
         data["task"]["eval"] = eval_specs
@@ -185,8 +190,9 @@ def evaluate_checkpoint(
     scored = {}
     for name, utts in task.eval_sets().items():
         scores = score_utterances(model, utts, device=device, progress=progress, desc=f"eval {name}", **scoring_options(exp.train))
-        results[name] = task.metrics(scores, utts)
-        write_scores(out_dir, name, utts, scores)
+        llr = calibrator.transform(scores) if calibrator else None
+        results[name] = task.metrics(scores, utts, llr)
+        write_scores(out_dir, name, utts, scores, llr)
         scored[name] = (utts, scores)
     out_dir.mkdir(parents=True, exist_ok=True)
     det_png(out_dir / "det.png", scored)
@@ -201,6 +207,7 @@ def score_files(checkpoint: str | Path, paths: list[str | Path], out_csv: str | 
 
     exp, model, _, meta = load_trained(checkpoint, device)
     threshold = float(meta.get("dev", {}).get("eer_threshold", 0.0))
+    calibrator = Calibrator.from_dict(meta["calibration"]) if meta.get("calibration") else None
     files = collect_audio(paths)
     waves, kept, errors = [], [], {}
     for path in files:
@@ -216,11 +223,12 @@ def score_files(checkpoint: str | Path, paths: list[str | Path], out_csv: str | 
     by_path = dict(zip(kept, scores))
     with out_csv.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "score", "decision", "error"])
+        writer.writerow(["path", "score", "llr", "decision", "error"])
         for path in files:
             if path in by_path:
                 s = by_path[path]
-                writer.writerow([str(path), f"{s:.6f}", "bonafide" if s > threshold else "spoof", ""])
+                llr = f"{float(calibrator.transform(np.array([s]))[0]):.6f}" if calibrator else ""
+                writer.writerow([str(path), f"{s:.6f}", llr, "bonafide" if s > threshold else "spoof", ""])
             else:
-                writer.writerow([str(path), "", "", errors[path]])
+                writer.writerow([str(path), "", "", "", errors[path]])
     return len(kept), len(errors)

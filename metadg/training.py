@@ -345,13 +345,18 @@ class Trainer:
 
     def _evaluate(self, run_id: str | None) -> dict[str, dict[str, float]]:
         tc, task = self.exp.train, self.task
+        calibrator = task.fit_calibration(self._score(self.dev_set, progress=False), self.dev_set)
+        if calibrator is not None:  # the checkpoint carries its calibration for eval/score later
+            tensors, meta = read_checkpoint(self.best_dir)
+            save_checkpoint(self.best_dir, tensors, {k: v for k, v in meta.items() if k != "format"} | {"calibration": calibrator.to_dict()})
         results: dict[str, dict[str, float]] = {}
         score_dir = self.run_dir / "scores"
         scored = {}
         for name, utts in task.eval_sets().items():
             scores = self._score(utts, progress=tc.progress, desc=f"eval {name}")
-            results[name] = task.metrics(scores, utts)
-            write_scores(score_dir, name, utts, scores)
+            llr = calibrator.transform(scores) if calibrator is not None else None
+            results[name] = task.metrics(scores, utts, llr)
+            write_scores(score_dir, name, utts, scores, llr)
             scored[name] = (utts, scores)
             self.tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in results[name].items()})
         if results:

@@ -128,6 +128,9 @@ def test_errors():
         Calibrator.from_dict({"slope": float("nan"), "offset": 0.0, "prior": 0.05})
     with pytest.raises(ValueError, match="numbers"):
         Calibrator.from_dict({"slope": "a", "offset": 0.0, "prior": 0.05})
-    cal = Calibrator.from_dict({"slope": 1.0, "offset": 0.0, "prior": 0.05})
-    with pytest.raises(ValueError, match="non-finite"):
-        cal.transform([np.inf])
+    cal = Calibrator.from_dict({"slope": 2.0, "offset": 1.0, "prior": 0.05})
+    # A skipped utterance (on_error: skip) has a NaN score; it stays NaN, the others are mapped.
+    out = cal.transform([np.nan, 1.0])
+    assert np.isnan(out[0]) and out[1] == 3.0
+    with pytest.raises(ValueError, match="1-D"):
+        cal.transform([[1.0]])

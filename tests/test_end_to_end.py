@@ -59,6 +59,8 @@ def test_tiny_experiment_trains_tracks_and_reloads(tracked, tmp_path):
     # The best checkpoint rebuilds the model and reproduces the saved scores
     _, model, _, meta = load_trained(run_dir / "checkpoints" / "best")
     assert meta["step"] == result.best_step
+    assert set(meta["calibration"]) >= {"slope", "offset"}  # fitted on dev, kept for eval/score
+    assert {"min_dcf", "act_dcf", "cllr"} <= set(result.eval["all"])
     task = exp.task.build(seed=exp.seed)
     dev = task.dev_set()
     dev_eer = task.metrics(score_utterances(model, dev, progress=False), dev)["eer"]
@@ -162,10 +164,10 @@ def test_eval_and_score_commands(tiny_config, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
     assert main(["score", result.run_dir, str(folder), "--out", str(csv_path)]) == 0
     rows = csv_path.read_text().splitlines()
-    assert rows[0] == "path,score,decision,error" and len(rows) == 4
+    assert rows[0] == "path,score,llr,decision,error" and len(rows) == 4
     broken = next(r for r in rows if "broken.wav" in r)
     assert "unreadable audio" in broken
     good = [r.split(",") for r in rows[1:] if "broken" not in r]
-    assert all(r[2] in ("bonafide", "spoof") and float(r[1]) == float(r[1]) for r in good)
+    assert all(r[3] in ("bonafide", "spoof") and np.isfinite(float(r[1])) and np.isfinite(float(r[2])) for r in good)
     assert "1 unreadable" in capsys.readouterr().out
     assert main(["score", result.run_dir, str(tmp_path / "nothing-here")]) == 1

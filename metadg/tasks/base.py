@@ -176,8 +176,12 @@ class Task(ABC):
         """Training crop length in samples."""
 
     @abstractmethod
-    def metrics(self, scores: np.ndarray, utts: Utterances) -> dict[str, float]:
-        """Metrics of `scores` on `utts`; must include `selection_metric`."""
+    def metrics(self, scores: np.ndarray, utts: Utterances, llr: np.ndarray | None = None) -> dict[str, float]:
+        """Metrics of `scores` on `utts`; must include `selection_metric`; `llr` = calibrated scores if any."""
+
+    def fit_calibration(self, scores: np.ndarray, utts: Utterances) -> Any:
+        """An object with transform(scores) → calibrated scores and to_dict(), fitted on dev; None = no calibration."""
+        return None
 
     def augmentation(self) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
         """Applied to each training crop with the batcher's generator; None = no augmentation."""

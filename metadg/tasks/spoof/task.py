@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from metadg.config import ConfigError, StrictModel, validate_plugin
-from metadg.metrics import compute_eer, per_domain_eer
+from metadg.calibration import Calibrator
+from metadg.metrics import act_dcf, cllr, compute_eer, min_dcf, per_domain_eer
 from metadg.registry import TASKS
 from metadg.tasks.base import Task, Utterances
 from metadg.tasks.spoof.corpora import CORPORA
@@ -42,6 +43,9 @@ class SpoofDetectionConfig(StrictModel):
     share_bonafide: bool = Field(True, description="bona fide is one pool shared by all domain batches")
     crop_samples: int = Field(64600, ge=400, description="training crop length (repeat-padded when shorter)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentation, e.g. {rawboost: 5}")
+    calibrate: bool = Field(
+        True, description="fit score→LLR calibration on dev (prior P_spoof 0.05) and report actDCF and Cllr on LLRs"
+    )
 
     @field_validator("train", "dev", mode="before")
     @classmethod
@@ -108,20 +112,31 @@ class SpoofDetection(Task):
         """Named evaluation sets, read in config order."""
         return {name: self._read(spec, f"task.eval.{name}") for name, spec in self.cfg.eval.items()}
 
-    def metrics(self, scores: np.ndarray, utts: Utterances) -> dict[str, float]:
-        """Pooled EER (and its threshold) and, when the attribute exists, EER per domain value.
+    def metrics(self, scores: np.ndarray, utts: Utterances, llr: np.ndarray | None = None) -> dict[str, float]:
+        """EER (and threshold), minDCF, per-domain EER; actDCF and Cllr when calibrated `llr` are given.
 
         Utterances skipped under on_error: skip (NaN scores) are left out and counted as `skipped`.
         """
         ok = np.isfinite(scores)
         labels = utts.labels[ok]
-        value, threshold = compute_eer(scores[ok][labels == 1], scores[ok][labels == 0])
-        out = {"eer": value, "eer_threshold": threshold, "skipped": float((~ok).sum())}
+        bona, spoof = scores[ok][labels == 1], scores[ok][labels == 0]
+        value, threshold = compute_eer(bona, spoof)
+        out = {"eer": value, "eer_threshold": threshold, "min_dcf": min_dcf(bona, spoof)[0], "skipped": float((~ok).sum())}
+        if llr is not None:
+            out["act_dcf"] = act_dcf(llr[ok][labels == 1], llr[ok][labels == 0])
+            out["cllr"] = cllr(llr[ok][labels == 1], llr[ok][labels == 0])
         if self.domain_key in utts.attrs:
             domains = [d for d, keep in zip(utts.attrs[self.domain_key], ok) if keep]
             for domain, value in per_domain_eer(scores[ok], labels, domains).items():
                 out[f"eer/{domain}"] = value
         return out
+
+    def fit_calibration(self, scores: np.ndarray, utts: Utterances) -> Calibrator | None:
+        """Score → LLR map fitted on `utts` (the dev set), when `calibrate` is on."""
+        if not self.cfg.calibrate:
+            return None
+        ok = np.isfinite(scores)
+        return Calibrator(p_spoof=0.05).fit(scores[ok], utts.labels[ok])
 
     def augmentation(self) -> RawBoost | None:
         """RawBoost on training crops, when configured."""
