@@ -141,6 +141,27 @@ def test_mldg_second_order_matches_explicit_hessian():
     assert not torch.allclose(got, grad_f + cfg.beta * grad_g)
 
 
+def test_mldg_meta_test_without_bonafide_uses_only_heldout_spoofs():
+    torch.manual_seed(4)
+    net = TinyNet()
+    params = trainable(net)
+    batches = make_batches(n_domains=3, n=6)
+    cfg = MLDGConfig(alpha=0.2, beta=0.9, meta_test_bonafide=False)
+    algo = MLDG(cfg, net, params, nn.CrossEntropyLoss(), seed=1)
+    algo.update(batches)
+    train, test = algo.last_split
+    b_tr = Batch.cat([batches[d] for d in train])
+    b_te = Batch.cat([batches[d] for d in test])
+    spoof = b_te.labels == 0
+    b_te = Batch(b_te.inputs[spoof], b_te.labels[spoof])
+    theta = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
+    g_f = torch.autograd.grad(manual_loss(theta, net, b_tr), list(theta.values()))
+    theta_prime = {k: (t - cfg.alpha * g).detach().requires_grad_() for (k, t), g in zip(theta.items(), g_f)}
+    g_g = torch.autograd.grad(manual_loss(theta_prime, net, b_te), list(theta_prime.values()))
+    for (name, got), gf, gg in zip(grads_of(params).items(), g_f, g_g):
+        torch.testing.assert_close(got, gf + cfg.beta * gg, msg=name)
+
+
 def test_mldg_split_is_random_but_seeded():
     net = TinyNet()
     params = trainable(net)

@@ -20,6 +20,11 @@ class MLDGConfig(StrictModel):
     beta: float = Field(1.0, ge=0, description="weight of the meta-test loss G")
     n_meta_test: int = Field(1, ge=1, description="source domains held out as meta-test each step")
     first_order: bool = Field(True, description="drop the Hessian term (∇F treated as constant)")
+    meta_test_bonafide: bool = Field(
+        True,
+        description="meta-test batches keep their bona fide share; false = judge the virtual step on the held-out "
+        "domain's spoofs only (bona fide is shared by all domains, so it is not what shifts)",
+    )
 
 
 @ALGORITHMS.register("mldg")
@@ -44,6 +49,10 @@ class MLDG(Algorithm):
         self.last_split = (train, test)
         batch_tr = Batch.cat([batches[d] for d in train])
         batch_te = Batch.cat([batches[d] for d in test])
+        if not cfg.meta_test_bonafide:
+            spoof = batch_te.labels == 0
+            lengths = None if batch_te.lengths is None else batch_te.lengths[spoof]
+            batch_te = Batch(batch_te.inputs[spoof], batch_te.labels[spoof], lengths)
         names, params = list(self.params), list(self.params.values())
 
         loss_f = self.loss(batch_tr)
