@@ -58,16 +58,21 @@ def _as_labels(labels: ArrayLike, n_scores: int) -> np.ndarray:
     return arr == 1
 
 
-def det_curve(
-    bonafide_scores: ArrayLike, spoof_scores: ArrayLike
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (frr, far, thresholds) exactly as the official ASVspoof ``compute_det_curve``."""
+def _score_pair(bonafide_scores: ArrayLike, spoof_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     bona = _as_scores(bonafide_scores, "bona fide scores")
     spoof = _as_scores(spoof_scores, "spoof scores")
     if bona.size == 0:
         raise ValueError("no bona fide scores")
     if spoof.size == 0:
         raise ValueError("no spoof scores")
+    return bona, spoof
+
+
+def det_curve(
+    bonafide_scores: ArrayLike, spoof_scores: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (frr, far, thresholds) exactly as the official ASVspoof ``compute_det_curve``."""
+    bona, spoof = _score_pair(bonafide_scores, spoof_scores)
     n_bona, n_spoof = bona.size, spoof.size
     n_scores = n_bona + n_spoof
 
@@ -134,16 +139,6 @@ def per_domain_eer(
 # Each function mirrors the arithmetic of the official evaluation packages so
 # that results agree with them to the last bit where the official code is exact.
 # ---------------------------------------------------------------------------
-def _score_pair(bonafide_scores: ArrayLike, spoof_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    bona = _as_scores(bonafide_scores, "bona fide scores")
-    spoof = _as_scores(spoof_scores, "spoof scores")
-    if bona.size == 0:
-        raise ValueError("no bona fide scores")
-    if spoof.size == 0:
-        raise ValueError("no spoof scores")
-    return bona, spoof
-
-
 def _check_dcf_params(p_spoof: float, c_miss: float, c_fa: float) -> None:
     if not (np.isfinite(p_spoof) and 0.0 < p_spoof < 1.0):
         raise ValueError(f"p_spoof must lie strictly between 0 and 1, got {p_spoof!r}")
