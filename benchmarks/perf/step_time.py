@@ -11,7 +11,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -185,9 +185,14 @@ def measure_memory(size: str, adapter: str, method: str, args: argparse.Namespac
     model = build(size, adapter, args.device)
     algo, batches = make_algo(method, model), make_batches(args.device)
     opt = torch.optim.AdamW(trainable(model).values(), lr=1e-4)
+    return peak_step_mib(lambda: train_step(algo, opt, batches, args.device), args.mem_steps, args.device)
+
+
+def peak_step_mib(step: Callable[[], object], steps: int, device: str) -> float:
+    """Peak memory (MiB) of `steps` calls of `step` above what was in use before them."""
     gc.collect()
-    if args.device.startswith("cuda"):
-        sync(args.device)
+    if device.startswith("cuda"):
+        sync(device)
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
@@ -197,9 +202,9 @@ def measure_memory(size: str, adapter: str, method: str, args: argparse.Namespac
                 f.write("5")
         except OSError:
             pass
-    for _ in range(args.mem_steps):  # ≥ 2: AdamW allocates its state in the first step
-        train_step(algo, opt, batches, args.device)
-    if args.device.startswith("cuda"):
+    for _ in range(steps):  # ≥ 2: AdamW allocates its state in the first step
+        step()
+    if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
