@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import multiprocessing
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import NO_DROPOUT, SIZES, peak_step_mib, sync, train_step  # noqa: E402  (shared helpers)
+from step_time import NO_DROPOUT, SIZES, in_fresh_processes, peak_step_mib, sync, train_step  # noqa: E402  (shared helpers)
 
 from metadg.adapters.base import Adapter  # noqa: E402
 from metadg.algorithms.erm import ERM  # noqa: E402
@@ -202,10 +200,7 @@ def main() -> None:
     t_start = time.perf_counter()
     # Memory first, one fresh forkserver child per (size, variant); they never overlap the timing loops.
     jobs = [(s, v) for s in args.sizes for v in args.variants]
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "peft", "metadg.models", "metadg.adapters", "metadg.algorithms"])
-    with ProcessPoolExecutor(args.mem_jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-        mem = dict(zip(jobs, pool.map(memory_in_fresh_process, jobs, [args] * len(jobs))))
+    mem = in_fresh_processes(memory_in_fresh_process, jobs, args)
     print(f"memory measured in {time.perf_counter() - t_start:.0f} s", flush=True)
 
     train_rows: list[dict[str, Any]] = []

@@ -188,6 +188,16 @@ def measure_memory(size: str, adapter: str, method: str, args: argparse.Namespac
     return peak_step_mib(lambda: train_step(algo, opt, batches, args.device), args.mem_steps, args.device)
 
 
+def in_fresh_processes(fn: Callable[[Any, argparse.Namespace], float], jobs: list[Any], args: argparse.Namespace) -> dict[Any, float]:
+    """{job: fn(job, args)}, each job in its own child process (`--mem-jobs` at a time)."""
+    # forkserver: the server imports torch/transformers/peft once (~7 s) and forks a
+    # pristine child per job (max_tasks_per_child=1), instead of re-importing per job.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "peft", "metadg.models", "metadg.adapters", "metadg.algorithms"])
+    with ProcessPoolExecutor(args.mem_jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        return dict(zip(jobs, pool.map(fn, jobs, [args] * len(jobs))))
+
+
 def peak_step_mib(step: Callable[[], object], steps: int, device: str) -> float:
     """Peak memory (MiB) of `steps` calls of `step` above what was in use before them."""
     gc.collect()
@@ -251,12 +261,7 @@ def main() -> None:
     configs = [(s, a) for s in args.sizes for a in args.adapters]
     # Memory first, one fresh child process per job; they never overlap the timing loop below.
     jobs = [(s, a, m) for s, a in configs for m in METHODS]
-    # forkserver: the server imports torch/transformers/peft once (~7 s) and forks a
-    # pristine child per job (max_tasks_per_child=1), instead of re-importing 12 times.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "peft", "metadg.models", "metadg.adapters", "metadg.algorithms"])
-    with ProcessPoolExecutor(args.mem_jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-        mem = dict(zip(jobs, pool.map(memory_in_fresh_process, jobs, [args] * len(jobs))))
+    mem = in_fresh_processes(memory_in_fresh_process, jobs, args)
     print(f"memory measured in {time.perf_counter() - t_start:.0f} s", flush=True)
     rows: list[dict[str, Any]] = []
     for size, adapter in configs:
