@@ -190,7 +190,3 @@ class Task(ABC):
     def class_index(self, name: str) -> int:
         """Index of a class name used in config (e.g. class_weights keys)."""
         raise KeyError(name)
-
-    def describe(self) -> dict[str, Any]:
-        """Facts worth logging (sizes, domains)."""
-        return {}
