@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
+import json
+import logging
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +28,22 @@ from metadg.config import (
 from metadg.tracking import Tracker
 from metadg.training import RunResult, Trainer
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Cell:
-    """One experiment of a benchmark, with its human label."""
+    """One experiment of a benchmark: its label, the system it belongs to (label without the seed), its config."""
 
     label: str
     experiment: Experiment
+    system: str = ""
+
+    @property
+    def cell_id(self) -> str:
+        """Stable id: a hash of the resolved config, less what does not change results (name, paths, tracking)."""
+        config = {k: v for k, v in self.experiment.to_dict().items() if k not in ("name", "output_dir", "tracking")}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Cell]]:
@@ -51,9 +64,12 @@ def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, l
         for values in itertools.product(*grid.values()):
             data = deep_merge(raw, variant)
             parts = [label] if len(variants) > 1 or not grid else []
+            system = list(parts)
             for key, value in zip(grid, values):
                 set_dotted(data, key.split("."), value)
                 parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
+                if key != "seed":
+                    system.append(parts[-1])
             cell_label = " ".join(parts) or label
             data["name"] = f"{name}/{_slug(cell_label)}"
             where = f"{path} [{cell_label}]"
@@ -61,7 +77,7 @@ def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, l
                 data = expand_vars(data)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            cells.append(Cell(cell_label, build_experiment(data, source=where)))
+            cells.append(Cell(cell_label, build_experiment(data, source=where), " ".join(system) or label))
     labels = [c.label for c in cells]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
@@ -90,7 +106,16 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
     status = "FAILED"
     try:
         for cell in cells:
-            trainer = Trainer(cell.experiment, tracker=tracker, run_dir=root / _slug(cell.label), parent_run_id=parent, tags={"cell": cell.label})
+            # The id in the folder name makes reruns resumable: a finished cell is
+            # read back, a cell whose config changed gets a new folder.
+            run_dir = root / f"{_slug(cell.label)}-{cell.cell_id}"
+            finished = run_dir / "results.json"
+            if finished.is_file():
+                log.info("%s: finished earlier, reading %s", cell.label, finished)
+                done.append((cell, RunResult(**json.loads(finished.read_text(encoding="utf-8")))))
+                continue
+            tags = {"cell": cell.label, "cell_id": cell.cell_id, "system": cell.system}
+            trainer = Trainer(cell.experiment, tracker=tracker, run_dir=run_dir, parent_run_id=parent, tags=tags)
             done.append((cell, trainer.fit()))
         status = "FINISHED"
     finally:
@@ -111,6 +136,7 @@ def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
     for cell, res in done:
         row: dict[str, Any] = {
             "system": cell.label,
+            "group": cell.system or cell.label,
             "trainable": res.trainable_params,
             "trainable_%": 100.0 * res.trainable_params / max(1, res.full_finetune_params),
             "dev_eer_%": 100.0 * res.dev.get("eer", float("nan")),
@@ -123,18 +149,40 @@ def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
     return rows
 
 
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per system: seeds counted, EER columns as (mean, std) over the system's seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    out = []
+    for name, members in groups.items():
+        summary: dict[str, Any] = {"system": name, "seeds": len(members)}
+        for col in members[0]:
+            if col in ("system", "group"):
+                continue
+            values = [m[col] for m in members if col in m]
+            if col.endswith("eer_%"):
+                summary[col] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+            else:
+                summary[col] = values[0]
+        out.append(summary)
+    return out
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table; the lowest value of each EER column is in bold."""
+    """Markdown table of `summarize`d rows: mean ± std over seeds; the best mean per EER column in bold."""
     if not rows:
         return "(no results)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    best = {c: min(r[c] for r in rows if c in r) for c in cols if c.endswith("eer_%")}
+    best = {c: min(r[c][0] for r in rows if c in r) for c in cols if c.endswith("eer_%")}
 
     def cell(row: dict[str, Any], col: str) -> str:
         v = row.get(col, "")
+        if isinstance(v, tuple):
+            text = f"{v[0]:.2f}" + (f" ± {v[1]:.2f}" if row.get("seeds", 1) > 1 else "")
+            return f"**{text}**" if v[0] == best[col] and len(rows) > 1 else text
         if isinstance(v, float):
-            text = f"{v:.2f}"
-            return f"**{text}**" if col in best and v == best[col] and len(rows) > 1 else text
+            return f"{v:.2f}"
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -143,8 +191,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_tables(rows: list[dict[str, Any]], directory: Path) -> None:
-    """results.md and results.csv in `directory`."""
-    (directory / "results.md").write_text(format_table(rows) + "\n", encoding="utf-8")
+    """results.md (mean ± std per system) and results.csv (one row per cell) in `directory`."""
+    (directory / "results.md").write_text(format_table(summarize(rows)) + "\n", encoding="utf-8")
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with (directory / "results.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols)
@@ -160,14 +208,17 @@ def plot_eer(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    sets = [c for c in dict.fromkeys(k for r in rows for k in r) if c.endswith("eer_%") and c != "dev_eer_%"]
+    systems = summarize(rows)
+    sets = [c for c in dict.fromkeys(k for r in systems for k in r) if c.endswith("eer_%") and c != "dev_eer_%"]
     if not sets:
         return
     x = np.arange(len(sets))
-    width = 0.8 / len(rows)
+    width = 0.8 / len(systems)
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(sets) + 2), 3.6))
-    for i, row in enumerate(rows):
-        ax.bar(x + i * width - 0.4 + width / 2, [row.get(s, np.nan) for s in sets], width, label=row["system"])
+    for i, row in enumerate(systems):
+        means = [row[s][0] if s in row else np.nan for s in sets]
+        stds = [row[s][1] if s in row and row["seeds"] > 1 else 0.0 for s in sets]
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=3, label=row["system"])
     ax.set_xticks(x, [s.removesuffix("_eer_%") for s in sets])
     ax.set_ylabel("EER (%)")
     ax.legend(fontsize=8)

@@ -149,18 +149,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark and print its results table."""
-    from metadg.bench import expand, format_table, results_rows, run_benchmark
+    from metadg.bench import expand, format_table, results_rows, run_benchmark, summarize
 
     if args.dry_run:
         name, cells = expand(args.config, args.override)
         print(f"{name}: {len(cells)} cell(s)")
         for cell in cells:
             e = cell.experiment
-            print(f"  {cell.label:<28} algorithm={e.algorithm.name} adapter={e.adapter.name} seed={e.seed}")
+            print(f"  {cell.label:<28} algorithm={e.algorithm.name} adapter={e.adapter.name} seed={e.seed} id={cell.cell_id}")
         return 0
     root, done = run_benchmark(args.config, args.override, args.output_dir)
     print()
-    print(format_table(results_rows(done)))
+    print(format_table(summarize(results_rows(done))))
     print(f"\nrun folders, tables and eer.png: {root}")
     tracking = done[0][0].experiment.tracking if done else None
     if tracking is not None and tracking.enabled:
