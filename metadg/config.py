@@ -47,6 +47,7 @@ class TrainConfig(StrictModel):
     patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without dev improvement; null never stops early"
     )
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes for training audio; 0 = load in-process")
     grad_accum: int = Field(1, ge=1, description="domain-batch draws whose gradients add up to one optimizer step")
     amp: bool = Field(False, description="bfloat16 autocast for training and scoring (mixed precision)")
     eval_batch_size: int = Field(32, ge=1, description="utterances (or chunks) per batch when scoring")

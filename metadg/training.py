@@ -8,7 +8,6 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,8 @@ from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoi
 from metadg.config import Experiment, build_experiment, dump_yaml
 from metadg.evaluation import det_png, score_utterances, scoring_options, write_scores
 from metadg.models.classifier import Classifier, build_model
-from metadg.tasks.base import Batch, Task, Utterances, fit_length
+from metadg.batcher import DomainBatcher
+from metadg.tasks.base import Task, Utterances
 from metadg.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -39,86 +39,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class DomainBatcher:
-    """Draws one batch per source domain each step; bona fide comes from a shared pool by default."""
-
-    def __init__(
-        self,
-        utts: Utterances,
-        *,
-        domain_key: str,
-        batch_per_domain: int,
-        bonafide_fraction: float,
-        crop_samples: int,
-        share_bonafide: bool = True,
-        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.utts = utts
-        self.augment = augment
-        self.crop_samples = crop_samples
-        self.n_bona = min(batch_per_domain - 1, max(1, round(batch_per_domain * bonafide_fraction)))
-        self.n_spoof = batch_per_domain - self.n_bona
-        values = np.asarray(utts.attr(domain_key), dtype=object)
-        spoof = utts.labels == 0
-        self.domains = sorted({str(v) for v in values[spoof]})
-        if not self.domains:
-            raise ValueError(f"{utts.name}: no spoof utterances, so no '{domain_key}' domains to train on")
-        self.spoof_pools = {d: np.flatnonzero(spoof & (values == d)) for d in self.domains}
-        bona = utts.labels == 1
-        if share_bonafide:
-            pool = np.flatnonzero(bona)
-            self.bona_pools = {d: pool for d in self.domains}
-        else:
-            self.bona_pools = {d: np.flatnonzero(bona & (values == d)) for d in self.domains}
-        empty = [d for d, p in self.bona_pools.items() if p.size == 0]
-        if empty:
-            raise ValueError(f"{utts.name}: no bona fide utterances for domain(s) {empty}")
-        self.rng = np.random.default_rng(seed)
-
-    def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
-        return self.rng.choice(pool, size=n, replace=pool.size < n)
-
-    def next(self) -> dict[str, Batch]:
-        """{domain: Batch} with bona fide first, then that domain's spoofs, cropped to fixed length."""
-        out = {}
-        for d in self.domains:
-            picks = [(True, int(i)) for i in self._draw(self.bona_pools[d], self.n_bona)]
-            picks += [(False, int(i)) for i in self._draw(self.spoof_pools[d], self.n_spoof)]
-            crops, idx = [], []
-            for bona, i in picks:
-                i, wave = self._load(d, bona, i)
-                crop = fit_length(wave, self.crop_samples, self.rng)
-                crops.append(self.augment(crop, self.rng) if self.augment is not None else crop)
-                idx.append(i)
-            out[d] = Batch(torch.from_numpy(np.stack(crops)), torch.from_numpy(self.utts.labels[idx]))
-        return out
-
-    def _load(self, domain: str, bona: bool, index: int) -> tuple[int, np.ndarray]:
-        # Under on_error: skip, an unusable file leaves its pool for good and a
-        # replacement is drawn from the same pool; under raise, try_load raises.
-        while (wave := self.utts.try_load(index)) is None:
-            pools = self.bona_pools if bona else self.spoof_pools
-            bad = pools[domain]
-            kept = bad[bad != index]
-            for d, pool in pools.items():
-                if pool is bad:  # a shared bona fide pool is one object: update it everywhere
-                    pools[d] = kept
-            if pools[domain].size == 0:
-                kind = "bona fide" if bona else f"spoof {domain!r}"
-                raise ValueError(f"{self.utts.name}: every {kind} utterance is unusable ({dict(self.utts.skipped)})")
-            index = int(self._draw(pools[domain], 1)[0])
-        return index, wave
-
-    def state_dict(self) -> dict[str, Any]:
-        """Sampler position (the RNG state)."""
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position."""
-        self.rng.bit_generator.state = state["rng"]
 
 
 def build_model_and_adapter(exp: Experiment, num_classes: int = 2) -> tuple[Classifier, Adapter]:
@@ -230,6 +150,7 @@ class Trainer:
             augment=self.task.augmentation(),
             seed=exp.seed,
         )
+        self.batches = self.batcher.iterate(tc.num_workers)
 
     def fit(self) -> RunResult:
         """Train, select on dev, evaluate the best checkpoint on every eval set."""
@@ -256,6 +177,7 @@ class Trainer:
             results = self._evaluate(run_id)
             status = "FINISHED"
         finally:
+            self.batches.close()  # stops data-loader workers, if any
             self.tracker.end(run_id, status)
         result = RunResult(exp.name, str(self.run_dir), best_step, steps_done, trainable, total, full, dev, results, run_id)
         (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
@@ -281,7 +203,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
         for _ in range(tc.grad_accum):
-            batches = {d: b.to(self.device) for d, b in self.batcher.next().items()}
+            batches = {d: b.to(self.device) for d, b in next(self.batches).items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp):
                 for k, v in self.algorithm.update(batches).items():
                     metrics[k] = metrics.get(k, 0.0) + v / tc.grad_accum

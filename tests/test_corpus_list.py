@@ -122,7 +122,7 @@ def test_unusable_audio_raises_naming_the_file(lazy_bad):
 def test_unusable_audio_is_skipped_and_counted_when_asked(lazy_bad):
     from metadg.evaluation import score_utterances
     from metadg.tasks.spoof.task import SpoofDetection, SpoofDetectionConfig
-    from metadg.training import DomainBatcher
+    from metadg.batcher import DomainBatcher
 
     utts = read({"path": str(lazy_bad), "on_error": "skip"})
     batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5, crop_samples=800, seed=0)
@@ -144,3 +144,16 @@ def test_unusable_audio_is_skipped_and_counted_when_asked(lazy_bad):
     task = SpoofDetection(SpoofDetectionConfig(train={"name": "synthetic"}, dev={"name": "synthetic"}))
     metrics = task.metrics(scores, fresh)
     assert metrics["skipped"] == 4 and 0 <= metrics["eer"] <= 1
+
+
+def test_workers_count_skips_in_the_main_process(lazy_bad):
+    from metadg.batcher import DomainBatcher
+
+    utts = read({"path": str(lazy_bad), "on_error": "skip"})
+    batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5, crop_samples=800, seed=0)
+    steps = batcher.iterate(num_workers=2)
+    for _ in range(6):
+        batch = next(steps)["A01"]
+        assert torch.isfinite(batch.inputs).all() and batch.inputs.abs().amax(1).min() > 0
+    assert sum(utts.skipped.values()) >= 1  # counted here although the workers hit the bad files
+    assert set(utts.skipped) <= {"unreadable audio", "silent audio", "non-finite samples", "empty audio"}

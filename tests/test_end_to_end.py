@@ -12,7 +12,8 @@ import yaml
 from metadg.checkpoint import CheckpointError
 from metadg.config import build_experiment
 from metadg.evaluation import score_utterances
-from metadg.training import DomainBatcher, Trainer, load_trained
+from metadg.batcher import DomainBatcher
+from metadg.training import Trainer, load_trained
 
 
 def read_scores(path: Path) -> dict[str, float]:
@@ -171,3 +172,28 @@ def test_eval_and_score_commands(tiny_config, tmp_path, capsys):
     assert all(r[3] in ("bonafide", "spoof") and np.isfinite(float(r[1])) and np.isfinite(float(r[2])) for r in good)
     assert "1 unreadable" in capsys.readouterr().out
     assert main(["score", result.run_dir, str(tmp_path / "nothing-here")]) == 1
+
+
+def test_worker_processes_give_the_same_batches(tiny_config):
+    exp = build_experiment(tiny_config)
+    task = exp.task.build(seed=0)
+
+    def batcher():
+        return DomainBatcher(task.train_set(), domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5,
+                             crop_samples=2000, seed=3, augment=task.augmentation())
+
+    in_process = batcher()
+    expected = [in_process.next() for _ in range(3)]
+    with_workers = batcher().iterate(num_workers=2)
+    for want in expected:
+        got = next(with_workers)
+        assert sorted(got) == sorted(want)
+        assert all(np.array_equal(got[d].inputs, want[d].inputs) and np.array_equal(got[d].labels, want[d].labels) for d in want)
+
+
+def test_training_with_workers_matches_in_process(tiny_config):
+    tiny_config["train"]["num_workers"] = 0
+    a = Trainer(build_experiment(tiny_config)).fit()
+    tiny_config["train"]["num_workers"] = 2
+    b = Trainer(build_experiment(tiny_config)).fit()
+    assert (Path(a.run_dir) / "scores" / "all.txt").read_text() == (Path(b.run_dir) / "scores" / "all.txt").read_text()
