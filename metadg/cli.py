@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, OSError, CorpusError, CheckpointError, AudioError) as exc:
+    except (FileNotFoundError, OSError, CorpusError, CheckpointError, AudioError, FloatingPointError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -43,6 +43,9 @@ class TrainConfig(StrictModel):
         None, description="cross-entropy weight per class name, e.g. {bonafide: 0.9, spoof: 0.1}"
     )
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables clipping")
+    max_bad_steps: int = Field(
+        10, ge=1, description="steps with NaN/Inf loss or gradients are skipped; stop after this many in a row"
+    )
     eval_every: int = Field(100, ge=1, description="evaluate on the dev split every N steps")
     patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without dev improvement; null never stops early"

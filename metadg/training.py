@@ -151,6 +151,7 @@ class Trainer:
             seed=exp.seed,
         )
         self.batches = self.batcher.iterate(tc.num_workers)
+        self.bad_steps = self.bad_steps_total = 0
 
     def fit(self) -> RunResult:
         """Train, select on dev, evaluate the best checkpoint on every eval set."""
@@ -211,6 +212,23 @@ class Trainer:
             for p in self.params.values():
                 if p.grad is not None:
                     p.grad.div_(tc.grad_accum)
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        finite = all(math.isfinite(v) for v in metrics.values()) and bool(
+            torch.stack([g.isfinite().all() for g in grads]).all() if grads else True
+        )
+        if not finite:
+            # A NaN/Inf step must not reach the weights: skip it, count it, and stop
+            # after too many in a row (the best checkpoint on disk stays intact).
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.bad_steps_total += 1
+            if self.bad_steps >= tc.max_bad_steps:
+                raise FloatingPointError(
+                    f"{self.bad_steps} consecutive steps had NaN/Inf loss or gradients (last metrics {metrics}); "
+                    f"stopping. The best checkpoint so far is intact in {self.best_dir}"
+                )
+            return {"skipped_step": 1.0}
+        self.bad_steps = 0
         if tc.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
             metrics["grad_norm"] = float(norm)
@@ -229,18 +247,19 @@ class Trainer:
     def _loop(self, run_id: str | None) -> tuple[int, int, dict[str, float]]:
         tc, metric = self.exp.train, self.task.selection_metric
         best, best_step, best_dev, stale = math.inf, 0, {}, 0
-        running: dict[str, float] = {}
+        running: dict[str, list[float]] = {}
         bar = tqdm(range(1, tc.steps + 1), desc=self.exp.name, disable=None if tc.progress else True, unit="step", dynamic_ncols=True)
         step = 0
         for step in bar:
             for k, v in self._train_step().items():
-                running[k] = running.get(k, 0.0) + v
+                running.setdefault(k, []).append(v)
             if step % 10 == 0 or step == tc.steps:
-                n = 10 if step % 10 == 0 else step % 10
-                means = {f"train/{k}": v / n for k, v in running.items()}
+                means = {f"train/{k}": sum(v) / len(v) for k, v in running.items() if k != "skipped_step"}
                 means["train/lr"] = self.scheduler.get_last_lr()[0]
+                means["train/skipped_steps_total"] = self.bad_steps_total
                 self.tracker.log_metrics(run_id, means, step)
-                bar.set_postfix(loss=f"{means['train/loss']:.3f}", best_dev=f"{best:.4f}" if best < math.inf else "-")
+                loss = f"{means['train/loss']:.3f}" if "train/loss" in means else "nan"
+                bar.set_postfix(loss=loss, best_dev=f"{best:.4f}" if best < math.inf else "-")
                 running = {}
             if step % tc.eval_every == 0 or step == tc.steps:
                 dev = self._validate()

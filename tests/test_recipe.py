@@ -65,3 +65,32 @@ def test_bf16_autocast_trains_and_scores(tiny_config):
     tiny_config["train"].update({"amp": True, "steps": 3, "eval_every": 3})
     result = Trainer(build_experiment(tiny_config)).fit()
     assert 0.0 <= result.eval["all"]["eer"] <= 1.0
+
+
+def test_nan_steps_are_skipped_then_stop_the_run(tiny_config, monkeypatch):
+    tiny_config["train"].update({"steps": 6, "eval_every": 2, "max_bad_steps": 3})
+    trainer = Trainer(build_experiment(tiny_config))
+    trainer.setup()
+    real_update = trainer.algorithm.update
+    poisoned = {"left": 2}
+
+    def update(batches):
+        metrics = real_update(batches)
+        if poisoned["left"]:
+            poisoned["left"] -= 1
+            next(iter(trainer.params.values())).grad.fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(trainer.algorithm, "update", update)
+    before = {k: p.detach().clone() for k, p in trainer.params.items()}
+    assert trainer._train_step() == {"skipped_step": 1.0}
+    assert all(torch.equal(p, before[k]) for k, p in trainer.params.items())  # weights untouched
+    trainer._train_step()
+    assert trainer.bad_steps_total == 2
+    assert "loss" in trainer._train_step()  # a good step resets the streak
+    assert trainer.bad_steps == 0
+
+    poisoned["left"] = 10
+    with pytest.raises(FloatingPointError, match="3 consecutive steps had NaN/Inf"):
+        for _ in range(3):
+            trainer._train_step()
