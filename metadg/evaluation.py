@@ -220,15 +220,16 @@ def score_files(checkpoint: str | Path, paths: list[str | Path], out_csv: str | 
     scores = score_utterances(model, utts, device=device, progress=True, **scoring_options(exp.train)) if kept else []
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    by_path = dict(zip(kept, scores))
+    llrs = calibrator.transform(np.asarray(scores)) if calibrator and kept else [None] * len(kept)
+    by_path = dict(zip(kept, zip(scores, llrs)))
     with out_csv.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "score", "llr", "decision", "error"])
         for path in files:
             if path in by_path:
-                s = by_path[path]
-                llr = f"{float(calibrator.transform(np.array([s]))[0]):.6f}" if calibrator else ""
-                writer.writerow([str(path), f"{s:.6f}", llr, "bonafide" if s > threshold else "spoof", ""])
+                s, llr = by_path[path]
+                shown = "" if llr is None else f"{llr:.6f}"
+                writer.writerow([str(path), f"{s:.6f}", shown, "bonafide" if s > threshold else "spoof", ""])
             else:
                 writer.writerow([str(path), "", "", "", errors[path]])
     return len(kept), len(errors)

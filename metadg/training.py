@@ -173,9 +173,9 @@ class Trainer:
         status = "FAILED"
         try:
             best_step, steps_done, dev = self._loop(run_id)
-            tensors, _ = read_checkpoint(self.best_dir)
+            tensors, meta = read_checkpoint(self.best_dir)
             self.adapter.load_state_dict(self.model, tensors)
-            results = self._evaluate(run_id)
+            results = self._evaluate(run_id, tensors, meta)
             status = "FINISHED"
         finally:
             self.batches.close()  # stops data-loader workers, if any
@@ -241,8 +241,9 @@ class Trainer:
             self.model, utts, device=self.device, progress=progress, desc=desc, **scoring_options(self.exp.train)
         )
 
-    def _validate(self) -> dict[str, float]:
-        return self.task.metrics(self._score(self.dev_set, progress=False), self.dev_set)
+    def _validate(self) -> tuple[dict[str, float], np.ndarray]:
+        scores = self._score(self.dev_set, progress=False)
+        return self.task.metrics(scores, self.dev_set), scores
 
     def _loop(self, run_id: str | None) -> tuple[int, int, dict[str, float]]:
         tc, metric = self.exp.train, self.task.selection_metric
@@ -262,10 +263,11 @@ class Trainer:
                 bar.set_postfix(loss=loss, best_dev=f"{best:.4f}" if best < math.inf else "-")
                 running = {}
             if step % tc.eval_every == 0 or step == tc.steps:
-                dev = self._validate()
+                dev, scores = self._validate()
                 self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, step)
                 if dev[metric] < best:
                     best, best_step, best_dev, stale = dev[metric], step, dev, 0
+                    self.best_dev_scores = scores  # calibration is fitted on these; no rescoring
                     meta = {"config": self.exp.to_dict(), "step": step, "dev": dev, "frozen_fingerprint": self.fingerprint}
                     save_checkpoint(self.best_dir, self.adapter.state_dict(self.model), meta)
                 else:
@@ -284,11 +286,10 @@ class Trainer:
             self.tracker.log_metrics(run_id, counts)
             log.warning("skipped under on_error: skip: %s", ", ".join(f"{k.split('/', 1)[1]}: {v}" for k, v in counts.items()))
 
-    def _evaluate(self, run_id: str | None) -> dict[str, dict[str, float]]:
+    def _evaluate(self, run_id: str | None, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, dict[str, float]]:
         tc, task = self.exp.train, self.task
-        calibrator = task.fit_calibration(self._score(self.dev_set, progress=False), self.dev_set)
+        calibrator = task.fit_calibration(self.best_dev_scores, self.dev_set)
         if calibrator is not None:  # the checkpoint carries its calibration for eval/score later
-            tensors, meta = read_checkpoint(self.best_dir)
             save_checkpoint(self.best_dir, tensors, {k: v for k, v in meta.items() if k != "format"} | {"calibration": calibrator.to_dict()})
         results: dict[str, dict[str, float]] = {}
         score_dir = self.run_dir / "scores"
