@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,12 @@ class Trainer:
         run_dir: str | Path | None = None,
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        on_eval: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.exp = exp
+        # Called with (step, dev metrics) after every validation; a search raises
+        # optuna.TrialPruned from it to stop a bad trial early.
+        self.on_eval = on_eval
         self.tracker = tracker if tracker is not None else Tracker(exp.tracking)
         self.run_dir = Path(run_dir) if run_dir else unique_dir(Path(exp.output_dir), exp.name)
         self.parent_run_id = parent_run_id
@@ -265,6 +270,8 @@ class Trainer:
             if step % tc.eval_every == 0 or step == tc.steps:
                 dev, scores = self._validate()
                 self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, step)
+                if self.on_eval is not None:
+                    self.on_eval(step, dev)
                 if dev[metric] < best:
                     best, best_step, best_dev, stale = dev[metric], step, dev, 0
                     self.best_dev_scores = scores  # calibration is fitted on these; no rescoring
