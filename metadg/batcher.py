@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -77,20 +78,19 @@ class DomainBatcher:
         empty = [d for d, p in self.bona_pools.items() if p.size == 0]
         if empty:
             raise ValueError(f"{utts.name}: no bona fide utterances for domain(s) {empty}")
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.consumed = 0  # steps assembled so far: the sampler position a resumed run restarts from
+        self.removed: set[int] = set()
 
-    def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
-        return self.rng.choice(pool, size=n, replace=pool.size < n)
-
-    def _seed(self) -> int:
-        return int(self.rng.integers(2**63))
-
-    def plan(self) -> list[Entry]:
-        """The next step's samples: per domain, bona fide first, then that domain's spoofs."""
+    def plan(self, index: int | None = None) -> list[Entry]:
+        """Step `index`'s samples (default: the next one): per domain, bona fide first, then its spoofs."""
+        # Each step has its own generator, seeded by (seed, step): a plan does not
+        # depend on how far a data loader prefetched, and resuming needs only the step.
+        rng = np.random.default_rng([self.seed, self.consumed if index is None else index])
         entries: list[Entry] = []
         for d in self.domains:
-            entries += [(d, True, int(i), self._seed()) for i in self._draw(self.bona_pools[d], self.n_bona)]
-            entries += [(d, False, int(i), self._seed()) for i in self._draw(self.spoof_pools[d], self.n_spoof)]
+            for bona, pool, n in ((True, self.bona_pools[d], self.n_bona), (False, self.spoof_pools[d], self.n_spoof)):
+                entries += [(d, bona, int(i), int(rng.integers(2**63))) for i in rng.choice(pool, size=n, replace=pool.size < n)]
         return entries
 
     def assemble(self, made: list[tuple[Entry, np.ndarray | str]]) -> dict[str, Batch]:
@@ -106,6 +106,7 @@ class DomainBatcher:
                 crop = self.maker(entry)
             crops[entry[0]].append(crop)
             labels[entry[0]].append(int(self.utts.labels[entry[2]]))
+        self.consumed += 1
         return {d: Batch(torch.from_numpy(np.stack(crops[d])), torch.tensor(labels[d])) for d in self.domains}
 
     def next(self) -> dict[str, Batch]:
@@ -121,7 +122,7 @@ class DomainBatcher:
         # torch's global RNG and shift every later dropout mask of the run.
         loader = DataLoader(
             self.maker, batch_sampler=_Plans(self), num_workers=num_workers, collate_fn=list,
-            persistent_workers=True, generator=torch.Generator().manual_seed(0),
+            persistent_workers=True, generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_sigint,
         )
         for made in loader:
             yield self.assemble(made)
@@ -132,6 +133,7 @@ class DomainBatcher:
         domain, bona, index, _ = entry
         pools = self.bona_pools if bona else self.spoof_pools
         bad = pools[domain]
+        self.removed.add(index)
         kept = bad[bad != index]
         for d, pool in pools.items():
             if pool is bad:  # a shared bona fide pool is one object: update it everywhere
@@ -139,15 +141,27 @@ class DomainBatcher:
         if kept.size == 0:
             kind = "bona fide" if bona else f"spoof {domain!r}"
             raise ValueError(f"{self.utts.name}: every {kind} utterance is unusable ({dict(self.utts.skipped)})")
-        return domain, bona, int(self._draw(kept, 1)[0]), self._seed()
+        rng = np.random.default_rng([entry[3], index])  # a replacement is a function of what it replaces
+        return domain, bona, int(rng.choice(kept)), int(rng.integers(2**63))
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler position (the RNG state)."""
-        return {"rng": self.rng.bit_generator.state}
+        """Sampler position: steps consumed and the files found unusable so far."""
+        return {"consumed": self.consumed, "removed": sorted(self.removed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position."""
-        self.rng.bit_generator.state = state["rng"]
+        """Continue from a saved position (before `iterate` starts)."""
+        self.consumed = int(state["consumed"])
+        for index in state["removed"]:
+            for pools in (self.bona_pools, self.spoof_pools):
+                for d, pool in pools.items():
+                    pools[d] = pool[pool != index]
+        self.removed = set(state["removed"])
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers must keep loading so the
+    # main process can finish its step and save state before stopping.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Plans:
@@ -156,5 +170,7 @@ class _Plans:
         self.batcher = batcher
 
     def __iter__(self) -> Iterator[list[Entry]]:
+        index = self.batcher.consumed
         while True:
-            yield self.batcher.plan()
+            yield self.batcher.plan(index)
+            index += 1

@@ -26,6 +26,7 @@ from metadg.config import (
     set_dotted,
 )
 from metadg.tracking import Tracker
+from metadg.resume import StopRequested
 from metadg.training import RunResult, Trainer
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
     first = cells[0].experiment
     root = Path(output_dir or first.output_dir) / name
     tracker = Tracker(first.tracking)
-    parent = tracker.start(name, params={"benchmark": str(path), "cells": len(cells)}, tags={"metadg.kind": "benchmark"})
+    parent = _parent_run(tracker, root, name, path, len(cells))
     done: list[tuple[Cell, RunResult]] = []
     status = "FAILED"
     try:
@@ -118,6 +119,9 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
             trainer = Trainer(cell.experiment, tracker=tracker, run_dir=run_dir, parent_run_id=parent, tags=tags)
             done.append((cell, trainer.fit()))
         status = "FINISHED"
+    except StopRequested:
+        status = "KILLED"
+        raise
     finally:
         if done:
             rows = results_rows(done)
@@ -128,6 +132,21 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
                 tracker.log_artifact(parent, root / artifact)
         tracker.end(parent, status)
     return str(root), done
+
+
+def _parent_run(tracker: Tracker, root: Path, name: str, path: str | Path, n_cells: int) -> str | None:
+    # A rerun of an interrupted benchmark continues under the same parent run,
+    # so resumed cells and their siblings stay together in the MLflow UI.
+    marker = root / "parent_run.json"
+    if tracker.enabled and marker.is_file():
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        if saved.get("uri") == tracker.cfg.uri:
+            return tracker.reopen(saved["run_id"])
+    parent = tracker.start(name, params={"benchmark": str(path), "cells": n_cells}, tags={"metadg.kind": "benchmark"})
+    if parent is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"uri": tracker.cfg.uri, "run_id": parent}), encoding="utf-8")
+    return parent
 
 
 def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:

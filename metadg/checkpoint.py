@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,32 +34,58 @@ def frozen_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    # Write-then-rename: a crash mid-write leaves the previous file intact.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+def _fsync_dir(path: Path) -> None:
+    # Make a rename durable: without this a power loss can forget it.
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems refuse to open folders; the rename still happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, write: Any) -> None:
+    write(str(path))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write `tensors` (safetensors) and `meta` (JSON) into `directory`."""
+    """Write `tensors` (safetensors) and `meta` (JSON) into `directory`, atomically as a whole folder."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(directory / WEIGHTS, lambda tmp: save_file(cpu, tmp))
     text = json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True)
-    _atomic_write(directory / META, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    # Write a complete sibling folder, then swap it in: a crash or a full disk at
+    # any point leaves either the previous checkpoint or the new one, never a mix
+    # (read_checkpoint falls back to `<name>.old` if the crash hit between renames).
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    old = directory.with_name(directory.name + ".old")
+    try:
+        _write_file(tmp / WEIGHTS, lambda f: save_file(cpu, f))
+        _write_file(tmp / META, lambda f: Path(f).write_text(text, encoding="utf-8"))
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
 def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read tensors and metadata; refuses anything that is not a metadg checkpoint folder."""
     directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and old.is_dir():  # a save was interrupted between its two renames
+        directory = old
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint folder (expected {WEIGHTS} and {META} inside)")
     meta_path, weights_path = directory / META, directory / WEIGHTS
@@ -76,3 +104,40 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     except Exception as exc:  # safetensors raises its own error types on garbage
         raise CheckpointError(f"{weights_path}: not a safetensors file: {exc}") from None
     return tensors, meta
+
+
+def pack_state(state: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
+    """A JSON-able copy of a nested state; tensors and arrays move into `tensors`, referenced by key."""
+    if isinstance(state, torch.Tensor):
+        tensors[prefix] = state
+        return {"__tensor__": prefix}
+    if isinstance(state, np.ndarray):
+        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(state))
+        return {"__ndarray__": prefix}
+    if isinstance(state, dict):
+        if not all(isinstance(k, (str, int)) for k in state):
+            raise TypeError(f"{prefix or 'state'}: only str/int keys can be saved")
+        # JSON keys are strings: remember which were ints (optimizer states are keyed by int).
+        return {"__dict__": [[k, pack_state(v, tensors, f"{prefix}/{k}")] for k, v in state.items()]}
+    if isinstance(state, tuple):
+        return {"__tuple__": [pack_state(v, tensors, f"{prefix}/{i}") for i, v in enumerate(state)]}
+    if isinstance(state, list):
+        return [pack_state(v, tensors, f"{prefix}/{i}") for i, v in enumerate(state)]
+    if state is None or isinstance(state, (bool, int, float, str)):
+        return state
+    raise TypeError(f"{prefix or 'state'}: cannot save a {type(state).__name__} in a checkpoint")
+
+
+def unpack_state(packed: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of pack_state."""
+    if isinstance(packed, dict):
+        if "__tensor__" in packed:
+            return tensors[packed["__tensor__"]]
+        if "__ndarray__" in packed:
+            return tensors[packed["__ndarray__"]].numpy()
+        if "__tuple__" in packed:
+            return tuple(unpack_state(v, tensors) for v in packed["__tuple__"])
+        return {k: unpack_state(v, tensors) for k, v in packed["__dict__"]}
+    if isinstance(packed, list):
+        return [unpack_state(v, tensors) for v in packed]
+    return packed

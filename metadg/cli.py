@@ -14,9 +14,11 @@ from metadg.checkpoint import CheckpointError
 from metadg.config import ConfigError
 from metadg.tasks.spoof.audio import AudioError
 from metadg.tasks.spoof.file_corpus import CorpusError
+from metadg.resume import StopRequested
 from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, RegistryError, describe
 
 EXIT_USAGE = 2
+EXIT_STOPPED = 130  # the shell convention for "stopped by a signal"
 
 
 def _overrides(p: argparse.ArgumentParser) -> None:
@@ -28,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metadg", description="Meta-learning / domain generalization with pluggable adaptation.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train and evaluate one experiment YAML")
-    run.add_argument("config")
+    run = sub.add_parser("run", help="train and evaluate one experiment YAML, or resume an unfinished run folder")
+    run.add_argument("config", help="experiment YAML, or the folder of an unfinished run to resume")
     _overrides(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
     bench = sub.add_parser("bench", help="run every cell of a benchmark YAML and print a results table")
@@ -130,6 +132,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train one experiment and print its results."""
     from metadg.config import load_config
 
+    run_dir = None
+    if Path(args.config).is_dir():  # an unfinished run: resume it with the config it was started with
+        run_dir = Path(args.config)
+        if (run_dir / "results.json").is_file():
+            raise ConfigError(f"{run_dir}: this run has finished (results.json); nothing to resume")
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
+        if args.override:
+            raise ConfigError("-o overrides cannot change a run that is being resumed")
+        args.config = str(run_dir / "config.yaml")
     exp = load_config(args.config, args.override)
     if args.dry_run:
         import yaml
@@ -140,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tracking: {exp.tracking.uri} (experiment {exp.tracking.experiment!r})")
     from metadg.training import Trainer
 
-    result = Trainer(exp).fit()
+    result = Trainer(exp, run_dir=run_dir).fit()
     print(f"run folder: {result.run_dir}  best step {result.best_step}  dev EER {100 * result.dev.get('eer', float('nan')):.2f} %")
     for name, metrics in result.eval.items():
         print(f"  {name:<20} EER {100 * metrics['eer']:.2f} %")
@@ -191,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StopRequested as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except (FileNotFoundError, OSError, CorpusError, CheckpointError, AudioError, FloatingPointError) as exc:
         if args.debug:
             raise

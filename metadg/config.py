@@ -50,6 +50,9 @@ class TrainConfig(StrictModel):
     patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without dev improvement; null never stops early"
     )
+    checkpoint_every: int | None = Field(
+        250, ge=1, description="save the full training state (resumable) every N steps; null = only at a signal stop"
+    )
     num_workers: int = Field(0, ge=0, description="data-loader worker processes for training audio; 0 = load in-process")
     grad_accum: int = Field(1, ge=1, description="domain-batch draws whose gradients add up to one optimizer step")
     amp: bool = Field(False, description="bfloat16 autocast for training and scoring (mixed precision)")

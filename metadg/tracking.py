@@ -82,6 +82,13 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def reopen(self, run_id: str | None) -> str | None:
+        """Mark an existing run RUNNING again (a crashed or stopped run resumes into it)."""
+        if self.client is None or run_id is None:
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
     def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None:
         """Log nested params under dotted names."""
         if self.client is None or run_id is None:

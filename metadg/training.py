@@ -23,6 +23,7 @@ from metadg.evaluation import det_png, score_utterances, scoring_options, write_
 from metadg.models.classifier import Classifier, build_model
 from metadg.batcher import DomainBatcher
 from metadg.tasks.base import Task, Utterances
+from metadg.resume import LoopState, SignalGuard, StopRequested, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir
 from metadg.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -155,39 +156,88 @@ class Trainer:
             augment=self.task.augmentation(),
             seed=exp.seed,
         )
-        self.batches = self.batcher.iterate(tc.num_workers)
-        self.bad_steps = self.bad_steps_total = 0
+        self.batches = self.batcher.iterate(tc.num_workers)  # starts on first use: after a restore
+        self.loop = LoopState()
 
     def fit(self) -> RunResult:
-        """Train, select on dev, evaluate the best checkpoint on every eval set."""
+        """Train (resuming the run folder's saved state if there is one), select on dev, evaluate the best checkpoint."""
         exp = self.exp
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = self._saved_state()
         dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
         self.setup()
+        if saved is not None:
+            self._restore(*saved)
         trainable, total, full = count_parameters(self.model, self.adapter)
-        run_id = self.tracker.start(
-            exp.name,
-            params=exp.to_dict(),
-            tags={"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name, **self.tags},
-            parent_run_id=self.parent_run_id,
-        )
-        domains = ",".join(self.batcher.domains)
-        self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains,
-                                         "trainable_percent_of_full": f"{100 * trainable / max(1, full):.3f}"})
-        self.tracker.log_artifact(run_id, self.run_dir / "config.yaml")
+        tags = {"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name, **self.tags}
+        if self.loop.run_id is not None:
+            run_id = self.tracker.reopen(self.loop.run_id)
+        else:
+            run_id = self.tracker.start(exp.name, params=exp.to_dict(), tags=tags, parent_run_id=self.parent_run_id)
+            domains = ",".join(self.batcher.domains)
+            self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains,
+                                             "trainable_percent_of_full": f"{100 * trainable / max(1, full):.3f}"})
+            self.tracker.log_artifact(run_id, self.run_dir / "config.yaml")
+        self.loop.run_id = run_id
         status = "FAILED"
         try:
-            best_step, steps_done, dev = self._loop(run_id)
+            with SignalGuard() as guard:
+                self._loop(run_id, guard)
             tensors, meta = read_checkpoint(self.best_dir)
             self.adapter.load_state_dict(self.model, tensors)
             results = self._evaluate(run_id, tensors, meta)
             status = "FINISHED"
+        except StopRequested:
+            status = "KILLED"
+            raise
         finally:
             self.batches.close()  # stops data-loader workers, if any
             self.tracker.end(run_id, status)
-        result = RunResult(exp.name, str(self.run_dir), best_step, steps_done, trainable, total, full, dev, results, run_id)
+        loop = self.loop
+        result = RunResult(exp.name, str(self.run_dir), loop.best_step, loop.step, trainable, total, full, loop.best_dev, results, run_id)
         (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
         return result
+
+    def _saved_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
+        # A run folder with saved state and no results is an unfinished run: resume it,
+        # but only with the very config it was started with.
+        if not state_dir(self.run_dir).exists() and not state_dir(self.run_dir).with_name("last.old").exists():
+            return None
+        tensors, parts, meta = load_state(self.run_dir)
+        if meta.get("config") != self.exp.to_dict():
+            raise CheckpointError(
+                f"{self.run_dir} holds an unfinished run of a different config; resume it with "
+                f"`metadg run {self.run_dir}` or choose another output folder"
+            )
+        return tensors, parts, meta
+
+    def _restore(self, tensors: dict[str, torch.Tensor], parts: dict[str, Any], meta: dict[str, Any]) -> None:
+        if meta.get("frozen_fingerprint") != self.fingerprint:
+            raise CheckpointError(f"{state_dir(self.run_dir)}: the frozen backbone differs from the one this run trained")
+        self.adapter.load_state_dict(self.model, tensors)
+        self.optimizer.load_state_dict(parts["optimizer"])
+        self.scheduler.load_state_dict(parts["scheduler"])
+        self.algorithm.load_state_dict(parts["algorithm"])
+        self.batcher.load_state_dict(parts["batcher"])
+        self.loop = loop_from_dict(parts["loop"])
+        if parts.get("best_dev_scores") is not None:
+            self.best_dev_scores = parts["best_dev_scores"]
+        set_rng_state(parts["rng"])
+        log.info("resuming %s at step %d", self.run_dir, self.loop.step)
+
+    def save_state(self) -> Path:
+        """Write everything a resumed run needs to continue exactly (atomic; the previous state stays valid until done)."""
+        parts = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "batcher": self.batcher.state_dict(),
+            "loop": loop_to_dict(self.loop),
+            "best_dev_scores": getattr(self, "best_dev_scores", None),
+            "rng": rng_state(),
+        }
+        meta = {"config": self.exp.to_dict(), "step": self.loop.step, "frozen_fingerprint": self.fingerprint}
+        return save_state(self.run_dir, self.adapter.state_dict(self.model), parts, meta)
 
     @property
     def best_dir(self) -> Path:
@@ -225,15 +275,15 @@ class Trainer:
             # A NaN/Inf step must not reach the weights: skip it, count it, and stop
             # after too many in a row (the best checkpoint on disk stays intact).
             self.optimizer.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            self.bad_steps_total += 1
-            if self.bad_steps >= tc.max_bad_steps:
+            self.loop.bad_steps += 1
+            self.loop.bad_steps_total += 1
+            if self.loop.bad_steps >= tc.max_bad_steps:
                 raise FloatingPointError(
-                    f"{self.bad_steps} consecutive steps had NaN/Inf loss or gradients (last metrics {metrics}); "
+                    f"{self.loop.bad_steps} consecutive steps had NaN/Inf loss or gradients (last metrics {metrics}); "
                     f"stopping. The best checkpoint so far is intact in {self.best_dir}"
                 )
             return {"skipped_step": 1.0}
-        self.bad_steps = 0
+        self.loop.bad_steps = 0
         if tc.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
             metrics["grad_norm"] = float(norm)
@@ -250,41 +300,53 @@ class Trainer:
         scores = self._score(self.dev_set, progress=False)
         return self.task.metrics(scores, self.dev_set), scores
 
-    def _loop(self, run_id: str | None) -> tuple[int, int, dict[str, float]]:
-        tc, metric = self.exp.train, self.task.selection_metric
-        best, best_step, best_dev, stale = math.inf, 0, {}, 0
-        running: dict[str, list[float]] = {}
-        bar = tqdm(range(1, tc.steps + 1), desc=self.exp.name, disable=None if tc.progress else True, unit="step", dynamic_ncols=True)
-        step = 0
-        for step in bar:
+    def _loop(self, run_id: str | None, guard: SignalGuard) -> None:
+        tc, metric, loop = self.exp.train, self.task.selection_metric, self.loop
+        bar = tqdm(total=tc.steps, initial=loop.step, desc=self.exp.name, disable=None if tc.progress else True,
+                   unit="step", dynamic_ncols=True)
+        while loop.step < tc.steps and not loop.stopped_early:
+            loop.step += 1
+            step = loop.step
             for k, v in self._train_step().items():
-                running.setdefault(k, []).append(v)
+                loop.running.setdefault(k, []).append(v)
+            bar.update()
             if step % 10 == 0 or step == tc.steps:
-                means = {f"train/{k}": sum(v) / len(v) for k, v in running.items() if k != "skipped_step"}
+                means = {f"train/{k}": sum(v) / len(v) for k, v in loop.running.items() if k != "skipped_step"}
                 means["train/lr"] = self.scheduler.get_last_lr()[0]
-                means["train/skipped_steps_total"] = self.bad_steps_total
+                means["train/skipped_steps_total"] = loop.bad_steps_total
                 self.tracker.log_metrics(run_id, means, step)
                 loss = f"{means['train/loss']:.3f}" if "train/loss" in means else "nan"
-                bar.set_postfix(loss=loss, best_dev=f"{best:.4f}" if best < math.inf else "-")
-                running = {}
+                bar.set_postfix(loss=loss, best_dev=f"{loop.best:.4f}" if loop.best < math.inf else "-")
+                loop.running = {}
             if step % tc.eval_every == 0 or step == tc.steps:
-                dev, scores = self._validate()
-                self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, step)
-                if self.on_eval is not None:
-                    self.on_eval(step, dev)
-                if dev[metric] < best:
-                    best, best_step, best_dev, stale = dev[metric], step, dev, 0
-                    self.best_dev_scores = scores  # calibration is fitted on these; no rescoring
-                    meta = {"config": self.exp.to_dict(), "step": step, "dev": dev, "frozen_fingerprint": self.fingerprint}
-                    save_checkpoint(self.best_dir, self.adapter.state_dict(self.model), meta)
-                else:
-                    stale += 1
-                    if tc.patience is not None and stale >= tc.patience:
-                        log.info("early stop at step %d: dev %s did not improve for %d evaluations", step, metric, stale)
-                        break
+                self._validate_step(run_id, metric)
+            if tc.checkpoint_every is not None and step % tc.checkpoint_every == 0 and step < tc.steps:
+                self.save_state()
+            if guard.signum is not None:
+                self.save_state()
+                bar.close()
+                raise StopRequested(self.run_dir, step, guard.signum)
         bar.close()
-        self.tracker.log_metrics(run_id, {f"best_dev/{k}": v for k, v in best_dev.items()} | {"best_step": best_step}, step)
-        return best_step, step, best_dev
+        self.tracker.log_metrics(
+            run_id, {f"best_dev/{k}": v for k, v in loop.best_dev.items()} | {"best_step": loop.best_step}, loop.step
+        )
+
+    def _validate_step(self, run_id: str | None, metric: str) -> None:
+        loop, tc = self.loop, self.exp.train
+        dev, scores = self._validate()
+        self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, loop.step)
+        if self.on_eval is not None:
+            self.on_eval(loop.step, dev)
+        if dev[metric] < loop.best:
+            loop.best, loop.best_step, loop.best_dev, loop.stale = dev[metric], loop.step, dev, 0
+            self.best_dev_scores = scores  # calibration is fitted on these; no rescoring
+            meta = {"config": self.exp.to_dict(), "step": loop.step, "dev": dev, "frozen_fingerprint": self.fingerprint}
+            save_checkpoint(self.best_dir, self.adapter.state_dict(self.model), meta)
+        else:
+            loop.stale += 1
+            if tc.patience is not None and loop.stale >= tc.patience:
+                log.info("early stop at step %d: dev %s did not improve for %d evaluations", loop.step, metric, loop.stale)
+                loop.stopped_early = True
 
     def _report_skips(self, run_id: str | None, sets: dict[str, Utterances]) -> None:
         # on_error: skip must never lose data silently: count per set and reason, log and print.

@@ -86,9 +86,9 @@ def test_nan_steps_are_skipped_then_stop_the_run(tiny_config, monkeypatch):
     assert trainer._train_step() == {"skipped_step": 1.0}
     assert all(torch.equal(p, before[k]) for k, p in trainer.params.items())  # weights untouched
     trainer._train_step()
-    assert trainer.bad_steps_total == 2
+    assert trainer.loop.bad_steps_total == 2
     assert "loss" in trainer._train_step()  # a good step resets the streak
-    assert trainer.bad_steps == 0
+    assert trainer.loop.bad_steps == 0
 
     poisoned["left"] = 10
     with pytest.raises(FloatingPointError, match="3 consecutive steps had NaN/Inf"):
