@@ -153,9 +153,12 @@ def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
     """One row per cell: label, parameter counts, EER (%) per eval set and their average."""
     rows = []
     for cell, res in done:
+        # Oracle selection peeks at target data: never let it pass for a DG result.
+        oracle = " [oracle]" if res.selection.startswith("oracle") else ""
         row: dict[str, Any] = {
-            "system": cell.label,
-            "group": cell.system or cell.label,
+            "system": cell.label + oracle,
+            "group": (cell.system or cell.label) + oracle,
+            "selection": res.selection,
             "trainable": res.trainable_params,
             "trainable_%": 100.0 * res.trainable_params / max(1, res.full_finetune_params),
             "dev_eer_%": 100.0 * res.dev.get("eer", float("nan")),

@@ -29,6 +29,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SelectionMethod = Literal["training_domain", "leave_one_domain_out", "oracle"]
+
+
+class SelectionConfig(StrictModel):
+    """How the checkpoint that gets evaluated is chosen (Gulrajani & Lopez-Paz's three protocols)."""
+
+    method: SelectionMethod = Field(
+        "training_domain",
+        description="training_domain: dev split of the source domains; leave_one_domain_out: one source domain "
+        "is kept out of training and validates; oracle: an evaluation set validates (target data; labelled oracle)",
+    )
+    domain: str | None = Field(None, description="leave_one_domain_out: the held-out domain (default: the last, sorted)")
+    eval_set: str | None = Field(None, description="oracle: the evaluation set that validates (default: the first)")
+
+
 class TrainConfig(StrictModel):
     """Optimisation and evaluation schedule, owned by the Trainer."""
 
@@ -63,6 +78,7 @@ class TrainConfig(StrictModel):
     eval_chunk_overlap: float = Field(0.5, ge=0, lt=1, description="overlap between evaluation chunks")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     progress: bool = Field(True, description="show progress bars")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="model-selection method")
 
 
 class TrackingConfig(StrictModel):

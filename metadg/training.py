@@ -24,6 +24,7 @@ from metadg.models.classifier import Classifier, build_model
 from metadg.batcher import DomainBatcher
 from metadg.tasks.base import Task, Utterances
 from metadg.resume import LoopState, SignalGuard, StopRequested, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir
+from metadg.selection import select
 from metadg.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class RunResult:
     dev: dict[str, float] = field(default_factory=dict)
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str | None = None
+    selection: str = "training_domain"
 
 
 def unique_dir(root: Path, name: str) -> Path:
@@ -145,9 +147,10 @@ class Trainer:
         self.algorithm = exp.algorithm.build(self.model, self.params, loss_fn, seed=exp.seed)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.dev_set = self.task.dev_set()
+        self.selection = select(tc.selection, self.task)
+        self.dev_set = self.selection.val
         self.batcher = DomainBatcher(
-            self.task.train_set(),
+            self.selection.train,
             domain_key=self.task.domain_key,
             batch_per_domain=tc.batch_per_domain,
             bonafide_fraction=tc.bonafide_fraction,
@@ -169,7 +172,8 @@ class Trainer:
         if saved is not None:
             self._restore(*saved)
         trainable, total, full = count_parameters(self.model, self.adapter)
-        tags = {"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name, **self.tags}
+        tags = {"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name,
+                "selection": self.selection.label, **self.tags}
         if self.loop.run_id is not None:
             run_id = self.tracker.reopen(self.loop.run_id)
         else:
@@ -194,7 +198,8 @@ class Trainer:
             self.batches.close()  # stops data-loader workers, if any
             self.tracker.end(run_id, status)
         loop = self.loop
-        result = RunResult(exp.name, str(self.run_dir), loop.best_step, loop.step, trainable, total, full, loop.best_dev, results, run_id)
+        result = RunResult(exp.name, str(self.run_dir), loop.best_step, loop.step, trainable, total, full, loop.best_dev,
+                           results, run_id, self.selection.label)
         (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
         return result
 
