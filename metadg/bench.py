@@ -32,6 +32,11 @@ from metadg.training import RunResult, Trainer
 log = logging.getLogger(__name__)
 
 
+# Settings that change how a run goes, not what it computes: editing them must
+# not orphan finished cells.
+_NEUTRAL_TRAIN_KEYS = ("checkpoint_every", "progress", "num_workers", "eval_batch_size")
+
+
 @dataclass
 class Cell:
     """One experiment of a benchmark: its label, the system it belongs to (label without the seed), its config."""
@@ -44,6 +49,7 @@ class Cell:
     def cell_id(self) -> str:
         """Stable id: a hash of the resolved config, less what does not change results (name, paths, tracking)."""
         config = {k: v for k, v in self.experiment.to_dict().items() if k not in ("name", "output_dir", "tracking")}
+        config["train"] = {k: v for k, v in config["train"].items() if k not in _NEUTRAL_TRAIN_KEYS}
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -30,6 +30,8 @@ def test_cells_systems_and_stable_ids(bench_file):
     assert len(set(ids)) == 4 and ids == [c.cell_id for c in expand(bench_file)[1]]
     moved = expand(bench_file, ["output_dir=/elsewhere", "tracking.experiment=other"])[1]
     assert [c.cell_id for c in moved] == ids  # where results go does not change what they are
+    how = expand(bench_file, ["train.checkpoint_every=7", "train.num_workers=2", "train.progress=false"])[1]
+    assert [c.cell_id for c in how] == ids  # nor how the run goes
     assert [c.cell_id for c in expand(bench_file, ["train.lr=0.5"])[1]] != ids
 
 
