@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 from pathlib import Path
 
@@ -58,3 +60,36 @@ def test_rerun_skips_finished_cells(bench_file, monkeypatch):
     monkeypatch.setattr("metadg.training.Trainer.fit", refuse)
     _, again = run_benchmark(bench_file)
     assert [r.eval for _, r in again] == [r.eval for _, r in done]
+
+
+def test_an_interrupted_cell_resumes_under_the_same_parent_run(bench_file, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from metadg.resume import StopRequested
+    from metadg.training import Trainer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = ["grid.seed=[0]", "train.steps=4", "tracking.enabled=true", f"tracking.uri={uri}"]
+    _, whole = run_benchmark(bench_file, overrides, output_dir=str(tmp_path / "whole"))
+
+    real = Trainer._validate_step
+
+    def stop_mldg_at_step_2(self, run_id, metric):
+        real(self, run_id, metric)
+        if self.exp.algorithm.name == "mldg" and self.loop.step == 2 and not hasattr(stop_mldg_at_step_2, "done"):
+            stop_mldg_at_step_2.done = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_validate_step", stop_mldg_at_step_2)
+    with pytest.raises(StopRequested):
+        run_benchmark(bench_file, overrides, output_dir=str(tmp_path / "cut"))
+    _, resumed = run_benchmark(bench_file, overrides, output_dir=str(tmp_path / "cut"))
+    assert [r.eval for _, r in resumed] == [r.eval for _, r in whole]
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("metadg").experiment_id])
+    parents = {r.info.run_id for r in runs if r.data.tags.get("metadg.kind") == "benchmark"}
+    assert len(parents) == 2  # one per output folder: the rerun reused its parent
+    cut_children = [r for r in runs if r.info.run_id in {res.run_id for _, res in resumed}]
+    assert len({r.data.tags["mlflow.parentRunId"] for r in cut_children}) == 1
+    assert all(r.info.status == "FINISHED" for r in cut_children)
