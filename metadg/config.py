@@ -322,7 +322,9 @@ def expand_vars(data: dict[str, Any]) -> dict[str, Any]:
         nonlocal budget
         budget -= len(text)
         if budget < 0:
-            raise ConfigError(f"{where}: ${{...}} expansion exceeds {MAX_EXPANDED_CHARS:,} characters (variables that repeat each other?)")
+            raise ConfigError(
+                f"{where}: ${{...}} expansion exceeds {MAX_EXPANDED_CHARS:,} characters (variables that repeat each other?)"
+            )
         return text
 
     for _ in range(len(variables) + 1):  # vars may use other vars; a cycle never settles
@@ -373,7 +375,8 @@ def validate_plugin(registry: Registry[Any], raw: Any, where: str) -> Plugin:
     if name is None:
         raise ConfigError(f"{where}.name: missing (valid: {', '.join(registry.names())})")
     if not isinstance(name, str):
-        raise ConfigError(f"{where}.name: must be a plugin name, got {type(name).__name__} (valid: {', '.join(registry.names())})")
+        valid = ", ".join(registry.names())
+        raise ConfigError(f"{where}.name: must be a plugin name, got {type(name).__name__} (valid: {valid})")
     if name not in registry:
         raise ConfigError(f"{where}.name: {unknown_name_message(registry.kind, name, registry.names())}")
     cls = registry.get(name)
