@@ -200,7 +200,8 @@ def _check_nodes(node: yaml.Node, source: str, sizes: dict[int, int], open_nodes
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 line = first.setdefault((key.tag, key.value), key.start_mark.line + 1)
                 if line != key.start_mark.line + 1:
-                    raise ConfigError(f"{source}:{key.start_mark.line + 1}: duplicate key {key.value!r} (first on line {line})")
+                    at = f"{source}:{key.start_mark.line + 1}"
+                    raise ConfigError(f"{at}: duplicate key {key.value!r} (first on line {line})")
     total = 1
     for child in children:
         total += _check_nodes(child, source, sizes, open_nodes)
@@ -229,7 +230,9 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_raw(path: str | Path, _stack: tuple[Path, ...] = (), _cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+def load_raw(
+    path: str | Path, _stack: tuple[Path, ...] = (), _cache: dict[Path, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Read a YAML file and deep-merge its `include:` files first, in order."""
     path = Path(path).resolve()
     if path in _stack:

@@ -71,10 +71,12 @@ class SyntheticConfig(CorpusConfig):
     @field_validator("attacks")
     @classmethod
     def _known_attacks(cls, value: list[str] | None) -> list[str] | None:
-        from metadg.tasks.spoof.synthetic import _check_attack
+        from metadg.tasks.spoof.synthetic import ALL_ATTACKS
 
-        for attack in value or []:
-            _check_attack(attack)  # caught at config time, not after the other corpora are indexed
+        # Checked with the config, not after the other corpora have been indexed.
+        unknown = [a for a in value or [] if a not in ALL_ATTACKS]
+        if unknown:
+            raise ValueError(unknown_name_message("attack", unknown[0], list(ALL_ATTACKS)))
         if value is not None and len(set(value)) != len(value):
             raise ValueError(f"duplicate attacks in {value}")
         return value
