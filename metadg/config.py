@@ -17,6 +17,10 @@ from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, Registry
 
 BENCH_KEYS = ("grid", "variants", "search", "benchmark")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: values a YAML document may hold once aliases are expanded; a paper grid holds a few thousand
+MAX_YAML_NODES = 100_000
+#: characters that ${var} expansion may produce in one config
+MAX_EXPANDED_CHARS = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -157,7 +161,7 @@ TOP_KEYS = {
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse one YAML mapping with yaml.safe_load; errors name the file and line."""
+    """Parse one YAML mapping with the safe loader; errors name the file and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -165,18 +169,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys and anchors/aliases that expand past MAX_YAML_NODES.
+
+    Aliases share one object, so a small "billion laughs" file loads cheaply, but every later walk
+    (includes, ${var} expansion, validation, logging) would expand it; it is refused up front.
+    """
+    loader = yaml.SafeLoader(text)  # what yaml.safe_load uses, split to check the node graph before building
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source, {}, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(node: yaml.Node, source: str, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    # Returns the node count once aliases are expanded; `sizes` memoises shared nodes, so this is linear.
+    if id(node) in sizes:
+        return sizes[id(node)]
+    where = f"{source}:{node.start_mark.line + 1}"
+    if id(node) in open_nodes:
+        raise ConfigError(f"{where}: an alias refers to a node that contains it (recursive YAML)")
+    open_nodes.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            children += [key, value]
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line = first.setdefault((key.tag, key.value), key.start_mark.line + 1)
+                if line != key.start_mark.line + 1:
+                    at = f"{source}:{key.start_mark.line + 1}"
+                    raise ConfigError(f"{at}: duplicate key {key.value!r} (first on line {line})")
+    total = 1
+    for child in children:
+        total += _check_nodes(child, source, sizes, open_nodes)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: anchors and aliases here expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)"
+            )
+    open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -195,13 +249,25 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_raw(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_raw(
+    path: str | Path, _stack: tuple[Path, ...] = (), _cache: dict[Path, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Read a YAML file and deep-merge its `include:` files first, in order."""
     path = Path(path).resolve()
     if path in _stack:
         chain = " → ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"{path}: include cycle: {chain}")
-    data = read_yaml(path)
+    # Each file is read once per load: files that include the same file many times over
+    # (a "billion laughs" made of includes) cost one read each, not one per path.
+    cache = {} if _cache is None else _cache
+    if path in cache:
+        return cache[path]
+    try:
+        data = read_yaml(path)
+    except ConfigError as exc:
+        if not _stack:
+            raise
+        raise ConfigError(f"{exc} (included from {_stack[-1]})") from None
     includes = data.pop("include", []) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -209,8 +275,9 @@ def load_raw(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: include: must be a file name or a list of file names")
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = deep_merge(merged, load_raw(path.parent / inc, (*_stack, path)))
-    return deep_merge(merged, data)
+        merged = deep_merge(merged, load_raw(path.parent / inc, (*_stack, path), cache))
+    cache[path] = merged = deep_merge(merged, data)
+    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -222,9 +289,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r}: empty key segment")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+        parsed = parse_yaml(value, "value") if value.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"override {text!r}: {exc}") from None
     return parts, parsed
 
 
@@ -270,12 +337,27 @@ def expand_vars(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(variables, dict):
         raise ConfigError("vars: must be a mapping of name → value")
     variables = dict(variables)
+    budget = MAX_EXPANDED_CHARS
+
+    def spend(text: str, where: str) -> str:
+        # Variables that repeat each other grow exponentially; stop before memory does.
+        nonlocal budget
+        budget -= len(text)
+        if budget < 0:
+            raise ConfigError(
+                f"{where}: ${{...}} expansion exceeds {MAX_EXPANDED_CHARS:,} characters (variables that repeat each other?)"
+            )
+        return text
+
     for _ in range(len(variables) + 1):  # vars may use other vars; a cycle never settles
         pending = {k: v for k, v in variables.items() if isinstance(v, str) and _VAR.search(v)}
         if not pending:
             break
         for key in pending:
-            variables[key] = _VAR.sub(lambda m: str(variables.get(m.group(1), os.environ.get(m.group(1), m.group(0)))), variables[key])
+            variables[key] = _VAR.sub(
+                lambda m: spend(str(variables.get(m.group(1), os.environ.get(m.group(1), m.group(0)))), f"vars.{key}"),
+                variables[key],
+            )
     else:
         raise ConfigError(f"vars: {sorted(pending)} refer to each other in a cycle or to undefined names")
 
@@ -290,9 +372,9 @@ def expand_vars(data: dict[str, Any]) -> dict[str, Any]:
         def lookup(match: re.Match[str]) -> str:
             name = match.group(1)
             if name in variables:
-                return str(variables[name])
+                return spend(str(variables[name]), where)
             if name in os.environ:
-                return os.environ[name]
+                return spend(os.environ[name], where)
             known = ", ".join(sorted(variables)) or "none"
             raise ConfigError(f"{where}: ${{{name}}} is neither in vars: ({known}) nor an environment variable")
 
@@ -314,6 +396,9 @@ def validate_plugin(registry: Registry[Any], raw: Any, where: str) -> Plugin:
     name = fields.pop("name", None)
     if name is None:
         raise ConfigError(f"{where}.name: missing (valid: {', '.join(registry.names())})")
+    if not isinstance(name, str):
+        valid = ", ".join(registry.names())
+        raise ConfigError(f"{where}.name: must be a plugin name, got {type(name).__name__} (valid: {valid})")
     if name not in registry:
         raise ConfigError(f"{where}.name: {unknown_name_message(registry.kind, name, registry.names())}")
     cls = registry.get(name)
@@ -375,12 +460,14 @@ def build_experiment(data: dict[str, Any], source: str = "<dict>", default_name:
 
 
 def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of sections, got {type(data).__name__}")
     bench = [k for k in BENCH_KEYS if k in data]
     if bench:
         raise ConfigError(f"{bench[0]}: this is a benchmark file; run it with `metadg bench`")
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(TOP_KEYS), n=1)
+        close = difflib.get_close_matches(str(unknown[0]), list(TOP_KEYS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{unknown[0]}: unknown key{hint} (valid: {', '.join(TOP_KEYS)})")
     for key in ("task", "adapter", "algorithm", "model"):
@@ -393,12 +480,15 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
     if extra:
         raise ConfigError(f"model.{extra[0]}: unknown key (valid: backbone, head)")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"seed: must be an integer (got {seed!r})")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed: must be an integer from 0 to 2**63 - 1 (got {seed!r})")
     name = data.get("name") or default_name
     output_dir = data.get("output_dir", "runs")
     if not isinstance(name, str) or not isinstance(output_dir, str):
         raise ConfigError("name and output_dir must be strings")
+    # The run folder is output_dir/name: a name may nest folders (benchmarks do) but not leave output_dir.
+    if Path(name).is_absolute() or ".." in Path(name).parts or "\x00" in name:
+        raise ConfigError(f"name: {name!r} must be a relative folder name inside output_dir (no '..', not absolute)")
     return Experiment(
         seed=seed,
         name=name,
@@ -417,7 +507,11 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """Load, merge, override and validate an experiment YAML file."""
     path = Path(path)
-    data = expand_vars(apply_overrides(load_raw(path), overrides))
+    raw = load_raw(path)
+    try:
+        data = expand_vars(apply_overrides(raw, overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return build_experiment(data, source=str(path), default_name=path.stem)
 
 

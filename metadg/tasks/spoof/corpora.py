@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from metadg.config import StrictModel
-from metadg.registry import Registry
+from metadg.config import ConfigError, StrictModel
+from metadg.registry import Registry, unknown_name_message
 from metadg.tasks.base import Utterances
 
 CORPORA: Registry[type] = Registry("corpus", "metadg.corpora")
@@ -43,6 +43,8 @@ class Corpus:
         utts = self.read()
         keep = np.ones(len(utts), dtype=bool)
         for key, allowed in self.cfg.filters.items():
+            if key not in utts.attrs:
+                raise ConfigError(f"filters.{key}: {unknown_name_message('attribute', key, sorted(utts.attrs))}")
             values = utts.attr(key)
             allowed_set = set(map(str, allowed))
             keep &= np.array([v in allowed_set or v == "-" for v in values], dtype=bool)
@@ -59,12 +61,25 @@ class SyntheticConfig(CorpusConfig):
     """The built-in synthetic corpus: speech-like bona fide vs several synthesis attacks."""
 
     split: Literal["train", "dev", "eval"] = Field("train", description="train/dev: seen attacks; eval: all")
-    seed: int = Field(0, description="corpus seed (independent of the experiment seed)")
+    seed: int = Field(0, ge=0, description="corpus seed (independent of the experiment seed)")
     n_bonafide: int | None = Field(None, ge=1, description="bona fide utterances; default 400/200/400 per split")
     n_per_attack: int | None = Field(None, ge=1, description="spoofs per attack; default 200/100/150 per split")
     duration_s: float = Field(1.0, gt=0.05, le=30, description="utterance length in seconds")
     attacks: list[str] | None = Field(None, description="attacks to generate; default seen (train/dev) or all (eval)")
     cache_dir: str | None = Field(None, description="where generated splits are cached; default $METADG_CACHE")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, value: list[str] | None) -> list[str] | None:
+        from metadg.tasks.spoof.synthetic import ALL_ATTACKS
+
+        # Checked with the config, not after the other corpora have been indexed.
+        unknown = [a for a in value or [] if a not in ALL_ATTACKS]
+        if unknown:
+            raise ValueError(unknown_name_message("attack", unknown[0], list(ALL_ATTACKS)))
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"duplicate attacks in {value}")
+        return value
 
 
 _SYNTHETIC_SIZES = {"train": (400, 200), "dev": (200, 100), "eval": (400, 150)}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 BONAFIDE_LABELS = {"bonafide", "real", "genuine", "bona"}
 SPOOF_LABELS = {"spoof", "fake", "deepfake", "spoofed"}
+#: longest protocol line accepted; real ones are under 200 bytes
+MAX_LINE_BYTES = 10_000
 
 
 class CorpusError(ValueError):
@@ -113,24 +116,76 @@ class FileCorpus(Corpus):
     def rows(self) -> Iterator[Row]:
         """Rows of every protocol file; malformed lines go through the on_error policy."""
         for path in self.protocol_files():
-            with path.open("rb") as fh:
-                for number, raw in enumerate(fh, 1):
-                    where = f"{path}:{number}"
-                    try:
-                        line = raw.decode("utf-8").strip()
-                        if not line:
-                            continue
-                        if len(line) > 10_000:
-                            raise CorpusError(f"{where}: line of {len(line)} characters is not a protocol line")
-                        row = self.parse_line(line, where)
-                    except UnicodeDecodeError:
-                        self.fail("malformed line", f"{where}: not UTF-8 text (binary data in a protocol file?)")
-                        continue
-                    except CorpusError as exc:
-                        self.fail("malformed line", str(exc))
-                        continue
-                    if row is not None:
-                        yield row
+            for where, line in self.lines(path):
+                try:
+                    row = self.parse_line(line, where)
+                except CorpusError as exc:
+                    self.fail("malformed line", str(exc))
+                    continue
+                if row is not None:
+                    yield row
+
+    def lines(self, path: Path) -> Iterator[tuple[str, str]]:
+        """('file:line', text) per non-blank line; binary, NUL-holding or overlong lines go through on_error."""
+        with path.open("rb") as fh:
+            number = 0
+            # readline with a limit: a multi-gigabyte "line" (a binary file named as a protocol)
+            # is skipped in bounded chunks instead of being read into memory whole.
+            while raw := fh.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                where = f"{path}:{number}"
+                if len(raw) > MAX_LINE_BYTES:
+                    size = len(raw)
+                    while not raw.endswith(b"\n") and (raw := fh.readline(1 << 20)):
+                        size += len(raw)
+                    self.fail("malformed line", f"{where}: line of {size} bytes is not a protocol line")
+                    continue
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    self.fail("malformed line", f"{where}: not UTF-8 text (binary data in a protocol file?)")
+                    continue
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # byte-order mark of spreadsheet exports
+                if "\x00" in line:
+                    self.fail("malformed line", f"{where}: NUL byte (binary data in a protocol file?)")
+                    continue
+                if line:
+                    yield where, line
+
+    def table(
+        self,
+        path: Path,
+        required: Sequence[str],
+        delimiter: str = ",",
+        fix_header: Callable[[list[str]], list[str]] | None = None,
+    ) -> Iterator[tuple[str, dict[str, str]]]:
+        """(where, record) per data row of a delimited file with a header; bad rows go through on_error."""
+        # Lines are parsed one by one, so a stray quote cannot swallow the rows after it; MLAAD
+        # transcripts hold stray quotes, so '|' tables are read without quoting at all.
+        quoting = csv.QUOTE_NONE if delimiter == "|" else csv.QUOTE_MINIMAL
+        lines = self.lines(path)
+        where, first = next(lines, (f"{path}:1", ""))
+        header = [h.strip() for h in csv_fields(first, where, delimiter, quoting)] if first else []
+        header = fix_header(header) if fix_header else header
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise CorpusError(
+                f"{where}: no column(s) {', '.join(missing)} (have: {', '.join(header) or 'nothing'}; "
+                f"expected header {delimiter.join(required)})"
+            )
+        for where, line in lines:
+            try:
+                fields = csv_fields(line, where, delimiter, quoting)
+            except CorpusError as exc:
+                self.fail("malformed line", str(exc))
+                continue
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                self.fail("malformed line", f"{where}: expected {len(header)} fields, got {len(fields)}")
+                continue
+            yield where, {h: f.strip() for h, f in zip(header, fields)}
 
     def require(self, relative: str | Path) -> Path:
         """A file or folder under the root that must exist, else an error describing the expected layout."""
@@ -218,3 +273,11 @@ def split_line(line: str, n_fields: int | tuple[int, ...], where: str, sep: str 
     if len(fields) not in allowed:
         raise CorpusError(f"{where}: expected {' or '.join(map(str, allowed))} fields, got {len(fields)}: {line[:120]!r}")
     return fields
+
+
+def csv_fields(line: str, where: str, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> list[str]:
+    """Fields of one delimited line; a quote left open is an error instead of swallowing the next lines."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter, quoting=quoting, strict=True))
+    except csv.Error as exc:
+        raise CorpusError(f"{where}: not a valid delimited line ({exc}; a quote left open?)") from None

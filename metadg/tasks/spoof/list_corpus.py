@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 
 from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpus, FileCorpusConfig, Row
+from metadg.tasks.spoof.file_corpus import MAX_LINE_BYTES, CorpusError, FileCorpus, FileCorpusConfig, Row
 
 
 class ListConfig(FileCorpusConfig):
@@ -41,33 +41,18 @@ class ListCorpus(FileCorpus):
         path = Path(cfg.path).expanduser()
         if not path.is_file():
             raise CorpusError(f"list: {path} not found ({self.layout})")
-        with path.open(newline="", encoding="utf-8", errors="replace") as fh:  # garbage → bad fields → on_error
-            sample = fh.read(65536)
-            fh.seek(0)
-            delimiter = cfg.delimiter or ("\t" if path.suffix.lower() == ".tsv" else _sniff(sample))
-            reader = csv.reader(fh, delimiter=delimiter)
-            header = next(reader, None)
-            if not header:
-                raise CorpusError(f"{path}: empty file (expected a header row)")
-            header = [h.strip() for h in header]
-            for column in (cfg.path_column, cfg.label_column, cfg.id_column):
-                if column is not None and column not in header:
-                    raise CorpusError(f"{path}:1: no column {column!r} (have: {', '.join(header)})")
-            for fields in reader:
-                where = f"{path}:{reader.line_num}"
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) != len(header):
-                    self.fail("malformed line", f"{where}: expected {len(header)} fields, got {len(fields)}")
-                    continue
-                record = dict(zip(header, (f.strip() for f in fields)))
-                audio = Path(record.pop(cfg.path_column))
-                utt = record.pop(cfg.id_column) if cfg.id_column else str(audio.with_suffix(""))
-                yield Row(utt, audio, record.pop(cfg.label_column), record, where)
+        with path.open("rb") as fh:  # the header alone, to guess the delimiter; `table` checks every line
+            head = fh.readline(MAX_LINE_BYTES).decode("utf-8", errors="replace")
+        delimiter = cfg.delimiter or ("\t" if path.suffix.lower() == ".tsv" else _sniff(head))
+        columns = [c for c in (cfg.path_column, cfg.label_column, cfg.id_column) if c is not None]
+        for where, record in self.table(path, columns, delimiter):
+            audio = Path(record.pop(cfg.path_column))
+            utt = record.pop(cfg.id_column) if cfg.id_column else str(audio.with_suffix(""))
+            yield Row(utt, audio, record.pop(cfg.label_column), record, where)
 
 
-def _sniff(sample: str) -> str:
+def _sniff(header: str) -> str:
     try:
-        return csv.Sniffer().sniff(sample.splitlines()[0] if sample else ",", delimiters=",;|\t").delimiter
+        return csv.Sniffer().sniff(header, delimiters=",;|\t").delimiter
     except csv.Error:
         return ","

@@ -7,7 +7,6 @@ systems and keeps all bona fide rows.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -45,49 +44,9 @@ def audio_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 
 
 class OpenCorpus(FileCorpus):
-    """Base of these readers: CSV tables through the on_error policy, rows drawn from several roots."""
+    """Base of these readers: rows drawn from several roots, each indexed under its own."""
 
     _part_rows: Callable[[], Iterator[Row]] | None = None
-
-    def table(
-        self,
-        path: Path,
-        required: Sequence[str],
-        delimiter: str = ",",
-        fix_header: Callable[[list[str]], list[str]] | None = None,
-    ) -> Iterator[tuple[str, dict[str, str]]]:
-        """(where, record) per data row of a delimited file with a header; bad rows go through on_error."""
-        # MLAAD transcripts hold stray quotes: '|' tables are read without quoting so one quote
-        # cannot swallow the following rows.
-        quoting = csv.QUOTE_NONE if delimiter == "|" else csv.QUOTE_MINIMAL
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:  # garbage → bad fields → on_error
-            reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
-            try:
-                header = [h.strip() for h in next(reader, [])]
-            except csv.Error as exc:
-                raise CorpusError(f"{path}:1: unreadable header: {exc}") from None
-            header = fix_header(header) if fix_header else header
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise CorpusError(
-                    f"{path}:1: no column(s) {', '.join(missing)} (have: {', '.join(header) or 'nothing'}; "
-                    f"expected header {delimiter.join(required)})"
-                )
-            while True:
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:  # e.g. NUL bytes; the reader resumes at the next line
-                    self.fail("malformed line", f"{path}:{reader.line_num}: {exc}")
-                    continue
-                where = f"{path}:{reader.line_num}"
-                if not any(f.strip() for f in fields):
-                    continue
-                if len(fields) != len(header):
-                    self.fail("malformed line", f"{where}: expected {len(header)} fields, got {len(fields)}")
-                    continue
-                yield where, {h: f.strip() for h, f in zip(header, fields)}
 
     def parts(self) -> Parts:
         """(root, rows) per source folder; paths of each source must stay inside its own root."""

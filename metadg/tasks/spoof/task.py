@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from metadg.config import ConfigError, StrictModel, validate_plugin
 from metadg.calibration import Calibrator
 from metadg.metrics import act_dcf, cllr, compute_eer, min_dcf, per_domain_eer
-from metadg.registry import TASKS
+from metadg.registry import TASKS, unknown_name_message
 from metadg.tasks.base import Task, Utterances
 from metadg.tasks.spoof.corpora import CORPORA
 from metadg.tasks.spoof.rawboost import RawBoost, RawBoostConfig
@@ -84,11 +84,16 @@ class SpoofDetection(Task):
     @staticmethod
     def _read(spec: dict[str, Any], where: str) -> Utterances:
         plugin = validate_plugin(CORPORA, spec, where)
-        return plugin.build().utterances()
+        try:
+            return plugin.build().utterances()
+        except ConfigError as exc:  # e.g. a filter on an attribute the corpus lacks
+            raise ConfigError(f"{where}.{exc}") from None
 
     @cached_property
     def _train(self) -> Utterances:
         utts = self._read(self.cfg.train, "task.train")
+        if self.domain_key not in utts.attrs:
+            raise ConfigError(f"task.domain_key: {unknown_name_message('attribute', self.domain_key, sorted(utts.attrs))}")
         if self.cfg.domains is not None:
             values = utts.attr(self.domain_key)
             present = sorted({v for v, y in zip(values, utts.labels) if y == 0})
