@@ -93,9 +93,11 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{meta_path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: not a metadg checkpoint (a JSON {type(meta).__name__}, not an object)")
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a metadg checkpoint (format {meta.get('format')!r})")
     try:
         tensors = load_file(str(weights_path))
@@ -103,6 +105,9 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
         raise CheckpointError(f"{weights_path}: missing") from None
     except Exception as exc:  # safetensors raises its own error types on garbage
         raise CheckpointError(f"{weights_path}: not a safetensors file: {exc}") from None
+    broken = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:  # a NaN weight would turn every score into NaN without an error
+        raise CheckpointError(f"{weights_path}: non-finite values in {len(broken)} tensor(s), e.g. {broken[0]!r}")
     return tensors, meta
 
 

@@ -138,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if (run_dir / "results.json").is_file():
             raise ConfigError(f"{run_dir}: this run has finished (results.json); nothing to resume")
         if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
+            raise ConfigError(f"{run_dir}: a folder but not a run folder to resume (no config.yaml); "
+                              "expected an experiment YAML file or an unfinished run folder")
         if args.override:
             raise ConfigError("-o overrides cannot change a run that is being resumed")
         args.config = str(run_dir / "config.yaml")

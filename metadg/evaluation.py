@@ -121,7 +121,8 @@ def det_png(path: str | Path, sets: dict[str, tuple[Utterances, np.ndarray]]) ->
 
     curves = {}
     for name, (utts, scores) in sets.items():
-        bona, spoof = scores[utts.labels == 1], scores[utts.labels == 0]
+        ok = np.isfinite(scores)  # skipped utterances (on_error: skip) score NaN
+        bona, spoof = scores[ok & (utts.labels == 1)], scores[ok & (utts.labels == 0)]
         if bona.size and spoof.size:
             frr, far, _ = det_curve(bona, spoof)
             curves[name] = (frr, far)
@@ -147,7 +148,8 @@ def collect_audio(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            # A dangling symlink is kept so that it gets its own error row instead of vanishing.
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and (p.is_file() or p.is_symlink()))
         elif item.is_file():
             found.append(item)
         else:

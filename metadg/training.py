@@ -67,6 +67,8 @@ def make_loss(task: Task, class_weights: dict[str, float] | None, device: torch.
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Experiment, Classifier, Adapter, dict[str, Any]]:
     """Rebuild a trained model from a checkpoint folder; refuses mismatching base weights."""
     tensors, meta = read_checkpoint(checkpoint)
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{Path(checkpoint) / 'meta.json'}: no `config` mapping to rebuild the model from")
     exp = build_experiment(meta["config"], source=str(Path(checkpoint) / "meta.json"))
     model, adapter = build_model_and_adapter(exp)
     if meta.get("frozen_fingerprint") not in (None, frozen_fingerprint(model)):
@@ -74,7 +76,10 @@ def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
             f"{checkpoint}: the frozen backbone rebuilt from the saved config differs from the one trained "
             "(changed pretrained weights or transformers version?)"
         )
-    adapter.load_state_dict(model, tensors)
+    try:
+        adapter.load_state_dict(model, tensors)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{checkpoint}: its tensors do not fit the model its config builds: {exc}") from None
     return exp, model.to(device).eval(), adapter, meta
 
 

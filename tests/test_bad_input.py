@@ -434,7 +434,9 @@ def test_attribute_typos_found_when_reading_the_corpus_exit_2(experiment_yaml, t
 
 
 def test_config_that_is_a_folder(tmp_path, capsys):
-    status, _, err = cli(capsys, "run", str(tmp_path), "--dry-run")
+    status, _, err = cli(capsys, "run", str(tmp_path), "--dry-run")  # `run` resumes run folders, not any folder
+    assert status == 2 and f"{tmp_path}: a folder but not a run folder to resume (no config.yaml)" in err
+    status, _, err = cli(capsys, "params", str(tmp_path))
     assert status == 2 and f"{tmp_path}: cannot read config file" in err
 
 
@@ -557,7 +559,7 @@ def _patched_checkpoint(tmp_path: Path, good: Path, meta_text: str | None = None
     return folder
 
 
-CHECKPOINT_XFAIL = {  # cases metadg still fails, with the fix that belongs to files owned by others
+BROKEN_CHECKPOINTS = {  # case: (how the good checkpoint is broken, what used to go wrong)
     "meta.json is a JSON list": (
         dict(meta_text="[1, 2]"),
         "checkpoint.read_checkpoint: `meta.get('format')` on a non-dict raises AttributeError; "
@@ -582,11 +584,11 @@ CHECKPOINT_XFAIL = {  # cases metadg still fails, with the fix that belongs to f
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=r)) for c, (_, r) in CHECKPOINT_XFAIL.items()]
+    "case", list(BROKEN_CHECKPOINTS)
 )
 def test_corrupt_metadg_checkpoint_is_refused(tmp_path, run_dir, capsys, case):
     good = run_dir / "checkpoints" / "best"
-    folder = _patched_checkpoint(tmp_path, good, **CHECKPOINT_XFAIL[case][0])
+    folder = _patched_checkpoint(tmp_path, good, **BROKEN_CHECKPOINTS[case][0])
     with pytest.raises(CheckpointError, match=re.escape(str(folder))):
         load_trained(folder)
 
@@ -607,8 +609,6 @@ def test_score_reports_each_unreadable_file_in_its_own_row(tmp_path, run_dir, sa
     assert box.written() == {out}
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation.collect_audio keeps only p.is_file(): a dangling symlink in a folder "
-                   "vanishes from the CSV; keep `p.is_file() or p.is_symlink()` so load_audio reports it in its own row")
 def test_score_reports_a_dangling_symlink(tmp_path, run_dir, capsys):
     (tmp_path / "inbox").mkdir()
     sf.write(tmp_path / "inbox" / "good.wav", tone(), SR)
@@ -642,8 +642,6 @@ def test_eval_on_unreadable_audio_names_the_file(tmp_path, run_dir, eval_sets, s
     assert all(p == out or out in p.parents for p in box.written())
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation.det_png passes the NaN scores of skipped utterances to det_curve, "
-                   "which raises ValueError (also at the end of training); keep scores[np.isfinite(scores)] per class")
 def test_eval_skips_and_counts_unreadable_audio(run_dir, eval_sets, sandbox, capsys):
     out = run_dir / "eval-skip"
     box = sandbox(run_dir)

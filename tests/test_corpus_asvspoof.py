@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -254,19 +253,12 @@ def test_bad_config_is_a_config_error(tmp_path):
 # ---------------------------------------------------------------- indexing speed
 
 
-def test_indexing_200k_lines(tmp_path):
-    # 20k lines first: an indexer that is quadratic in the row count fails here in about a second
-    # instead of grinding through 200k lines for minutes.
-    for n in (20_000, 200_000):
-        lines = (f"LA_{i % 1000:04d} LA_T_{i:07d} - {'-' if i % 10 == 0 else f'A0{i % 6 + 1}'} "
-                 f"{'bonafide' if i % 10 == 0 else 'spoof'}\n" for i in range(n))
-        write(tmp_path / SPECS["asvspoof2019_la"]["protocol"], "".join(lines).encode())
-        r = reader("asvspoof2019_la", tmp_path, split="train", check_files=False)
-        start = time.perf_counter()
-        utts = r.utterances()
-        seconds = time.perf_counter() - start
-        print(f"\nindexed {n:,} protocol lines in {seconds:.2f} s ({n / seconds:,.0f} lines/s)")
-        assert len(utts) == n and int(utts.labels.sum()) == n // 10
-        assert utts.ids[-1] == f"LA_T_{n - 1:07d}" and utts.attr("attack")[:2] == ["-", "A02"]
-        # a million lines in seconds needs well over 20k lines/s, even on a shared, loaded core
-        assert n / seconds > 20_000, f"indexing {n:,} lines at {n / seconds:,.0f} lines/s"
+def test_indexing_many_lines_keeps_every_row_in_order(tmp_path):
+    # Speed and linear scaling of indexing are measured by benchmarks/perf/data.py, not here.
+    n = 20_000
+    lines = (f"LA_{i % 1000:04d} LA_T_{i:07d} - {'-' if i % 10 == 0 else f'A0{i % 6 + 1}'} "
+             f"{'bonafide' if i % 10 == 0 else 'spoof'}\n" for i in range(n))
+    write(tmp_path / SPECS["asvspoof2019_la"]["protocol"], "".join(lines).encode())
+    utts = reader("asvspoof2019_la", tmp_path, split="train", check_files=False).utterances()
+    assert len(utts) == n and int(utts.labels.sum()) == n // 10
+    assert utts.ids[-1] == f"LA_T_{n - 1:07d}" and utts.attr("attack")[:2] == ["-", "A02"]
