@@ -170,6 +170,7 @@ class Trainer:
             params=exp.to_dict(),
             tags={"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name, **self.tags},
             parent_run_id=self.parent_run_id,
+            run_dir=self.run_dir,
         )
         domains = ",".join(self.batcher.domains)
         self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains,
