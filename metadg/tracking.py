@@ -155,8 +155,8 @@ class Tracker:
             return
         self.offline_reason = f"{type(exc).__name__}: {exc}"
         log.warning(
-            "MLflow tracking at %s failed (%s). Training goes on; this and later runs of this process log "
-            "only to tracking.jsonl in their run folders; send them with `metadg upload RUN_FOLDER` later.",
+            "MLflow tracking at %s failed (%s). Training goes on without it: this and later runs of this "
+            "tracker log only to tracking.jsonl in their run folders; send them with `metadg upload RUN_FOLDER` later.",
             self.cfg.uri, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
         )
 
@@ -223,11 +223,11 @@ class Tracker:
 
     def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None:
         """Log nested params under dotted names."""
-        from mlflow.entities import Param
-
         flat = {k: v[:6000] for k, v in flatten(params).items()}
 
         def send(server_id: str) -> None:
+            from mlflow.entities import Param
+
             items = [Param(k, v) for k, v in flat.items()]
             for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
                 self.client.log_batch(server_id, params=items[i : i + 100])
@@ -236,17 +236,17 @@ class Tracker:
 
     def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log finite scalar metrics at `step`."""
-        from mlflow.entities import Metric
-
         now, step = int(time.time() * 1000), step or 0
         values = {
-            metric_name(k): float(v) for k, v in metrics.items()
+            _metric_name(k): float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))
         }
         if not values:
             return
 
         def send(server_id: str) -> None:
+            from mlflow.entities import Metric
+
             items = [Metric(k, v, now, step) for k, v in values.items()]
             for i in range(0, len(items), 1000):
                 self.client.log_batch(server_id, metrics=items[i : i + 1000])
@@ -255,15 +255,22 @@ class Tracker:
 
     def set_tags(self, run_id: str | None, tags: Mapping[str, Any]) -> None:
         """Set string tags on a run."""
-        from mlflow.entities import RunTag
-
         values = {k: str(v) for k, v in tags.items()}
-        self._record(run_id, {"op": "tags", "tags": values},
-                     lambda server_id: self.client.log_batch(server_id, tags=[RunTag(k, v) for k, v in values.items()]))
+
+        def send(server_id: str) -> None:
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(server_id, tags=[RunTag(k, v) for k, v in values.items()])
+
+        self._record(run_id, {"op": "tags", "tags": values}, send)
 
     def log_artifact(self, run_id: str | None, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file or a folder into the run's artifacts (the journal keeps the path to it)."""
+        if self.client is None or run_id is None:
+            return
         path = Path(path).resolve()
+        if not path.exists():  # our caller's mistake, not the backend's: must not turn tracking offline
+            raise FileNotFoundError(f"{path}: no such artifact to log")
 
         def send(server_id: str) -> None:
             if path.is_dir():
@@ -291,7 +298,7 @@ class Tracker:
             log.info("run %s had no run folder; its tracking journal is %s", run_id, run.journal.path)
 
 
-def metric_name(name: str) -> str:
-    """A metric name MLflow accepts: letters, digits, _-./ and spaces; anything else becomes '_'."""
-    # Rather than failing the whole batch for one odd domain name.
+def _metric_name(name: str) -> str:
+    # MLflow allows letters, digits, _-./ and spaces; anything else (e.g. from
+    # a domain name) becomes '_' rather than failing the whole batch.
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)

@@ -86,7 +86,6 @@ class Uploader:
             server_id = self._resolve(client, run, uri, same_backend)
             if not todo:
                 self.report.up_to_date += 1
-                self.server_ids[(uri, run.uid)] = server_id
                 return
             self._replay(client, run, server_id, todo)
         Journal(run.path).append({"run": run.uid, "op": "uploaded", "uri": uri, "run_id": server_id,

@@ -177,6 +177,9 @@ def test_online_sqlite_runs_are_journaled_as_synced(tmp_path):
     assert client_for(uri).get_run(run_id).data.tags[UID_TAG] == run.uid
     report = upload([tmp_path / "run"])
     assert (report.created, report.up_to_date) == (0, 1)
+    with pytest.raises(FileNotFoundError, match="no such artifact"):
+        tracker.log_artifact(run_id, tmp_path / "missing.txt")
+    assert tracker.online  # a caller's mistake is not a backend failure
 
 
 def test_http_limits_apply_inside_the_block_only(monkeypatch):
