@@ -147,8 +147,9 @@ def _parent_run(tracker: Tracker, root: Path, name: str, path: str | Path, n_cel
     if tracker.enabled and marker.is_file():
         saved = json.loads(marker.read_text(encoding="utf-8"))
         if saved.get("uri") == tracker.cfg.uri:
-            return tracker.reopen(saved["run_id"])
-    parent = tracker.start(name, params={"benchmark": str(path), "cells": n_cells}, tags={"metadg.kind": "benchmark"})
+            return tracker.reopen(saved["run_id"], run_dir=root)
+    parent = tracker.start(name, params={"benchmark": str(path), "cells": n_cells}, tags={"metadg.kind": "benchmark"},
+                           run_dir=root)
     if parent is not None:
         root.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"uri": tracker.cfg.uri, "run_id": parent}), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The `metadg` command: run, bench, eval, score, params, list."""
+"""The `metadg` command: run, bench, eval, score, params, list, upload."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
     score.add_argument("--out", default="scores.csv", help="CSV to write (path, score, decision, error)")
     score.add_argument("--device", default="cpu")
+    up = sub.add_parser("upload", help="send runs logged while the MLflow server was unreachable (their tracking.jsonl)")
+    up.add_argument("paths", nargs="+", help="run folders, folders of them (a benchmark), or tracking.jsonl files")
+    up.add_argument("--uri", help="MLflow tracking URI to send to (default: the one each run was started with)")
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
     params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
     params.add_argument("config")
@@ -128,6 +131,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0 if scored or not failed else 1
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Replay run journals to MLflow and print what was sent."""
+    from mlflow.exceptions import MlflowException
+
+    from metadg.tracking_journal import JournalError
+    from metadg.tracking_upload import upload
+
+    try:
+        report = upload(args.paths, args.uri)
+    except JournalError as exc:
+        raise OSError(str(exc)) from exc
+    except MlflowException as exc:
+        raise OSError(f"upload failed; nothing is lost, run it again later: {str(exc).splitlines()[0]}") from exc
+    print(report.format())
+    return 1 if report.skipped else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Train one experiment and print its results."""
     from metadg.config import load_config
@@ -198,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "score":
             return cmd_score(args)
+        if args.command == "upload":
+            return cmd_upload(args)
         return cmd_bench(args)
     except (ConfigError, RegistryError) as exc:
         if args.debug:

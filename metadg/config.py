@@ -94,6 +94,14 @@ class TrackingConfig(StrictModel):
     artifact_location: str | None = Field(
         None, description="artifact root for a new experiment; default ./mlartifacts beside a sqlite store"
     )
+    http_timeout_s: int = Field(
+        10, ge=1, description="seconds an MLflow HTTP request may wait for the server (MLflow's default: 120)"
+    )
+    http_retries: int = Field(
+        1, ge=0, le=10,
+        description="retries of a failed MLflow HTTP request (MLflow's default: 7 with back-off, minutes on a dead "
+        "server); after that the run goes on offline, journaled for `metadg upload`",
+    )
 
 
 @dataclass

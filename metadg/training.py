@@ -180,9 +180,10 @@ class Trainer:
         tags = {"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name,
                 "selection": self.selection.label, **self.tags}
         if self.loop.run_id is not None:
-            run_id = self.tracker.reopen(self.loop.run_id)
+            run_id = self.tracker.reopen(self.loop.run_id, run_dir=self.run_dir)
         else:
-            run_id = self.tracker.start(exp.name, params=exp.to_dict(), tags=tags, parent_run_id=self.parent_run_id)
+            run_id = self.tracker.start(exp.name, params=exp.to_dict(), tags=tags, parent_run_id=self.parent_run_id,
+                                        run_dir=self.run_dir)
             domains = ",".join(self.batcher.domains)
             self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains,
                                              "trainable_percent_of_full": f"{100 * trainable / max(1, full):.3f}"})
