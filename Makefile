@@ -29,4 +29,4 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -q
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache
+	rm -rf $(VENV) runs mlflow.db mlartifacts metadg-journal .pytest_cache

@@ -197,7 +197,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"\nrun folders, tables and eer.png: {root}")
     tracking = done[0][0].experiment.tracking if done else None
     if tracking is not None and tracking.enabled:
-        print(f"MLflow runs: mlflow ui --backend-store-uri {tracking.uri}   (then open http://127.0.0.1:5000)")
+        if tracking.uri.startswith(("http://", "https://")):
+            print(f"MLflow runs: open {tracking.uri}")
+        else:
+            print(f"MLflow runs: mlflow ui --backend-store-uri {tracking.uri}   (then open http://127.0.0.1:5000)")
     return 0
 
 
