@@ -238,6 +238,10 @@ class Trainer:
         if parts.get("best_dev_scores") is not None:
             self.best_dev_scores = parts["best_dev_scores"]
         set_rng_state(parts["rng"])
+        if self.dist.enabled and self.device.type == "cuda" and "cuda" in parts["rng"]:
+            # Every rank seeds alike and draws same-shaped dropout masks, so rank 0's
+            # generator on its GPU is this rank's on its own (whose state rank 0 never advanced).
+            torch.cuda.set_rng_state(parts["rng"]["cuda"][0], self.device)
         log.info("resuming %s at step %d", self.run_dir, self.loop.step)
 
     def save_state(self) -> Path:

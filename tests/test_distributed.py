@@ -79,25 +79,20 @@ class _SignalOnRank1(Trainer):
         return metrics
 
 
-def _rank_main(rank: int, store: str, watched: str, configs: list[dict], queue) -> None:
+def _rank_main(rank: int, store: str, watched: str, cfg: dict, queue) -> None:
+    # One rank: train until the signal, resume the same run folder, report weights and what it wrote.
     torch.set_num_threads(1)
     writes: list[str] = []
     sys.addaudithook(_record_writes(watched, writes))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    results = {}
-    for cfg in configs:
-        stopped = None
-        if cfg["name"].startswith("stop_"):
-            cut = _SignalOnRank1(build_experiment(cfg))
-            with pytest.raises(StopRequested) as info:
-                cut.fit()
-            stopped = info.value.step
-        trainer = Trainer(build_experiment(cfg), run_dir=cut.run_dir if stopped else None)  # resumes the cut run
-        out = trainer.fit()
-        weights = {k: v.detach().numpy().copy() for k, v in trainer.adapter.state_dict(trainer.model).items()}
-        results[cfg["name"]] = (out.steps_done, out.run_dir, weights, stopped)
+    cut = _SignalOnRank1(build_experiment(cfg))
+    with pytest.raises(StopRequested) as stop:
+        cut.fit()
+    trainer = Trainer(build_experiment(cfg), run_dir=cut.run_dir)
+    out = trainer.fit()
+    weights = {k: v.detach().numpy().copy() for k, v in trainer.adapter.state_dict(trainer.model).items()}
     dist.destroy_process_group()
-    queue.put((rank, results, writes))
+    queue.put((rank, stop.value.step, out.steps_done, out.run_dir, weights, writes))
 
 
 def test_global_plan_is_split_evenly_across_ranks(tiny_config):
@@ -115,58 +110,52 @@ def test_global_plan_is_split_evenly_across_ranks(tiny_config):
             assert sum(e[0] == d and not e[1] for e in share) == PER_RANK // 2
 
 
+def _assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        if k.endswith("k_proj.bias"):
+            # Its true gradient is zero (a key bias shifts every attention logit of a query
+            # alike), so AdamW turns float noise into ±lr steps: no exact reference exists.
+            continue
+        # AdamW amplifies summation-order noise in near-zero gradients: 1e-5 is 1/500 of one
+        # lr-sized step (MLDG without its inner-gradient reduction is off by ~2e-2).
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
 def test_two_ranks_train_the_weights_of_one_process_with_the_global_batch(tiny_config, tmp_path):
-    lora, full = {"name": "lora", "r": 4}, {"name": "full"}
-    configs = [
-        # Stopped by a signal to rank 1 after step 2, then resumed: the same weights as never stopped.
-        _config(tiny_config, tmp_path, "stop_mldg_lora", {"name": "mldg", "alpha": 0.1}, lora, tracking=True),
-        _config(tiny_config, tmp_path, "erm_full", {"name": "erm"}, full),
-    ]
+    # MLDG × LoRA, tracked, stopped by a signal to rank 1 after step 2 and resumed (ERM × full: the torchrun test).
+    cfg = _config(tiny_config, tmp_path, "mldg_lora", {"name": "mldg", "alpha": 0.1}, {"name": "lora", "r": 4}, tracking=True)
     store = tmp_path.parent / f"{tmp_path.name}-store"  # outside the watched folder
     store.mkdir()
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs = mp.start_processes(_rank_main, args=(str(store / "rendezvous"), str(tmp_path), configs, queue),
+    queue = mp.get_context("spawn").SimpleQueue()
+    procs = mp.start_processes(_rank_main, args=(str(store / "rendezvous"), str(tmp_path), cfg, queue),
                                nprocs=WORLD, join=False, start_method="spawn")
     got = {}
     while len(got) < WORLD:  # read while waiting: a rank blocks until its results leave the pipe
         if queue.empty():
             procs.join(timeout=0.5)  # raises with the rank's traceback if one failed
             continue
-        rank, results, writes = queue.get()
-        got[rank] = (results, writes)
+        rank, *report = queue.get()
+        got[rank] = report
     while not procs.join():
         pass
 
-    (main, main_writes), (other, other_writes) = got[0], got[1]
-    assert main_writes and not other_writes, other_writes  # only rank 0 touches the run folders and MLflow
-    for cfg in configs:
-        name = cfg["name"]
-        want = _single(cfg, tmp_path / "single")
-        assert main[name][0] == other[name][0] == cfg["train"]["steps"]
-        assert main[name][3] == other[name][3] == (_SignalOnRank1.stop_at if name.startswith("stop_") else None)
-        saved = read_checkpoint(Path(main[name][1]) / "checkpoints" / "best")[0]
-        assert saved.keys() == want.keys() == main[name][2].keys()
-        for k in want:
-            # Ranks step on the same averaged gradient: bit-identical weights.
-            np.testing.assert_array_equal(main[name][2][k], other[name][2][k])
-            if k.endswith("k_proj.bias"):
-                # Its true gradient is zero (a key bias shifts every attention logit of a query
-                # alike), so AdamW turns float noise into ±lr steps: no exact reference exists.
-                continue
-            # AdamW amplifies summation-order noise in near-zero gradients: 1e-5 is 1/500 of one
-            # lr-sized step (MLDG without the inner-gradient reduction is off by ~2e-2).
-            torch.testing.assert_close(saved[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {k}: {m}")
+    (stop0, steps0, run_dir, weights0, writes0), (stop1, steps1, _, weights1, writes1) = got[0], got[1]
+    assert stop0 == stop1 == _SignalOnRank1.stop_at and steps0 == steps1 == cfg["train"]["steps"]
+    assert writes0 and not writes1, writes1  # only rank 0 touches the run folder and MLflow
+    for k in weights0:  # every rank steps on the same averaged gradient
+        np.testing.assert_array_equal(weights0[k], weights1[k])
+    _assert_same_weights(read_checkpoint(Path(run_dir) / "checkpoints" / "best")[0], _single(cfg, tmp_path / "single"))
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(configs[0]["tracking"]["uri"])
+    client = MlflowClient(cfg["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
-    assert len(runs) == 1 and "eval/all/eer" in runs[0].data.metrics
+    assert len(runs) == 1 and "eval/all/eer" in runs[0].data.metrics  # the resumed run logged into the first one
 
 
 def test_metadg_run_distributed_under_torchrun(tiny_config, tmp_path):
-    cfg = _config(tiny_config, tmp_path, "erm_lora", {"name": "erm"}, {"name": "lora", "r": 4})
+    cfg = _config(tiny_config, tmp_path, "erm_full", {"name": "erm"}, {"name": "full"})
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -176,9 +165,5 @@ def test_metadg_run_distributed_under_torchrun(tiny_config, tmp_path):
     assert proc.stdout.count("run folder:") == 1  # rank 0 reports
 
     runs = Path(cfg["output_dir"])
-    assert sorted(p.name for p in runs.iterdir()) == ["erm_lora"]  # one run folder, not one per rank
-    got = read_checkpoint(runs / "erm_lora" / "checkpoints" / "best")[0]
-    want = _single(cfg, tmp_path / "single")
-    for k in want:
-        if not k.endswith("k_proj.bias"):  # see above
-            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    assert sorted(p.name for p in runs.iterdir()) == ["erm_full"]  # one run folder, not one per rank
+    _assert_same_weights(read_checkpoint(runs / "erm_full" / "checkpoints" / "best")[0], _single(cfg, tmp_path / "single"))
