@@ -79,20 +79,23 @@ class _SignalOnRank1(Trainer):
         return metrics
 
 
-def _rank_main(rank: int, store: str, watched: str, cfg: dict, queue) -> None:
-    # One rank: train until the signal, resume the same run folder, report weights and what it wrote.
+def _rank_main(rank: int, store: str, watched: str, configs: list[dict], queue) -> None:
+    # One rank: train each config until the signal, resume its run folder; report weights and what the rank wrote.
     torch.set_num_threads(1)
     writes: list[str] = []
     sys.addaudithook(_record_writes(watched, writes))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    cut = _SignalOnRank1(build_experiment(cfg))
-    with pytest.raises(StopRequested) as stop:
-        cut.fit()
-    trainer = Trainer(build_experiment(cfg), run_dir=cut.run_dir)
-    out = trainer.fit()
-    weights = {k: v.detach().numpy().copy() for k, v in trainer.adapter.state_dict(trainer.model).items()}
+    runs = []
+    for cfg in configs:
+        cut = _SignalOnRank1(build_experiment(cfg))
+        with pytest.raises(StopRequested) as stop:
+            cut.fit()
+        trainer = Trainer(build_experiment(cfg), run_dir=cut.run_dir)
+        out = trainer.fit()
+        weights = {k: v.detach().numpy().copy() for k, v in trainer.adapter.state_dict(trainer.model).items()}
+        runs.append((stop.value.step, out.steps_done, out.run_dir, weights))
     dist.destroy_process_group()
-    queue.put((rank, stop.value.step, out.steps_done, out.run_dir, weights, writes))
+    queue.put((rank, runs, writes))
 
 
 def test_global_plan_is_split_evenly_across_ranks(tiny_config):
@@ -123,12 +126,16 @@ def _assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Ten
 
 
 def test_two_ranks_train_the_weights_of_one_process_with_the_global_batch(tiny_config, tmp_path):
-    # MLDG × LoRA, tracked, stopped by a signal to rank 1 after step 2 and resumed (ERM × full: the torchrun test).
-    cfg = _config(tiny_config, tmp_path, "mldg_lora", {"name": "mldg", "alpha": 0.1}, {"name": "lora", "r": 4}, tracking=True)
+    # MLDG × LoRA, first and second order, each stopped by a signal to rank 1 after step 2 and
+    # resumed (ERM × full: the torchrun test). The tracked one logs to MLflow from rank 0 only.
+    lora = {"name": "lora", "r": 4}
+    configs = [_config(tiny_config, tmp_path, "mldg_lora", {"name": "mldg", "alpha": 0.1}, lora, tracking=True),
+               _config(tiny_config, tmp_path, "mldg2_lora", {"name": "mldg", "alpha": 0.1, "first_order": False}, lora)]
+    configs[1]["model"]["backbone"]["attn_implementation"] = "eager"  # twice differentiable
     store = tmp_path.parent / f"{tmp_path.name}-store"  # outside the watched folder
     store.mkdir()
     queue = mp.get_context("spawn").SimpleQueue()
-    procs = mp.start_processes(_rank_main, args=(str(store / "rendezvous"), str(tmp_path), cfg, queue),
+    procs = mp.start_processes(_rank_main, args=(str(store / "rendezvous"), str(tmp_path), configs, queue),
                                nprocs=WORLD, join=False, start_method="spawn")
     got = {}
     while len(got) < WORLD:  # read while waiting: a rank blocks until its results leave the pipe
@@ -140,16 +147,18 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_global_batch(tiny_c
     while not procs.join():
         pass
 
-    (stop0, steps0, run_dir, weights0, writes0), (stop1, steps1, _, weights1, writes1) = got[0], got[1]
-    assert stop0 == stop1 == _SignalOnRank1.stop_at and steps0 == steps1 == cfg["train"]["steps"]
-    assert writes0 and not writes1, writes1  # only rank 0 touches the run folder and MLflow
-    for k in weights0:  # every rank steps on the same averaged gradient
-        np.testing.assert_array_equal(weights0[k], weights1[k])
-    _assert_same_weights(read_checkpoint(Path(run_dir) / "checkpoints" / "best")[0], _single(cfg, tmp_path / "single"))
+    (runs0, writes0), (runs1, writes1) = got[0], got[1]
+    assert writes0 and not writes1, writes1  # only rank 0 touches the run folders and MLflow
+    for cfg, (stop0, steps0, run_dir, weights0), (stop1, steps1, _, weights1) in zip(configs, runs0, runs1):
+        assert stop0 == stop1 == _SignalOnRank1.stop_at and steps0 == steps1 == cfg["train"]["steps"]
+        for k in weights0:  # every rank steps on the same averaged gradient
+            np.testing.assert_array_equal(weights0[k], weights1[k])
+        want = _single(cfg, tmp_path / "single")
+        _assert_same_weights(read_checkpoint(Path(run_dir) / "checkpoints" / "best")[0], want)
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg["tracking"]["uri"])
+    client = MlflowClient(configs[0]["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert len(runs) == 1 and "eval/all/eer" in runs[0].data.metrics  # the resumed run logged into the first one
 
