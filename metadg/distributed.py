@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from metadg.config import ConfigError
+
 # Rank 0 validates alone while the others wait in the next collective; a dev
 # pass over a real corpus can outlast torch's 10-minute NCCL default.
 TIMEOUT = timedelta(hours=2)
@@ -58,7 +60,7 @@ def join(device: torch.device) -> Rank:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if device.type == "cuda":
         if device.index is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"train.device: {device} under torchrun would put every rank on one GPU; "
                 "use 'auto' or 'cuda' (each rank then takes cuda:LOCAL_RANK)"
             )

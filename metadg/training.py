@@ -170,7 +170,10 @@ class Trainer:
         self.loop = LoopState()
 
     def fit(self) -> RunResult:
-        """Train (resuming the run folder's saved state if there is one), select on dev, evaluate the best checkpoint."""
+        """Train (resuming the run folder's saved state if there is one), select on dev, evaluate the best checkpoint.
+
+        Under data parallelism only rank 0 selects and evaluates; other ranks return after training, without metrics.
+        """
         exp, main = self.exp, self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

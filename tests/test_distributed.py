@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
+from metadg import distributed
 from metadg.batcher import DomainBatcher
 from metadg.checkpoint import read_checkpoint
 from metadg.config import build_experiment
@@ -85,6 +86,13 @@ def _rank_main(rank: int, store: str, watched: str, configs: list[dict], queue) 
     writes: list[str] = []
     sys.addaudithook(_record_writes(watched, writes))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    cpu = torch.device("cpu")
+    # Rank 0's early stop and a signal that reached rank 1 only are everyone's decisions.
+    decisions = [distributed.decide(rank == 0, None, cpu), distributed.decide(False, signal.SIGTERM if rank else None, cpu)]
+    try:
+        distributed.check_agree(rank, "the rank")
+    except RuntimeError as exc:
+        decisions.append(str(exc))
     runs = []
     for cfg in configs:
         cut = _SignalOnRank1(build_experiment(cfg))
@@ -95,7 +103,7 @@ def _rank_main(rank: int, store: str, watched: str, configs: list[dict], queue) 
         weights = {k: v.detach().numpy().copy() for k, v in trainer.adapter.state_dict(trainer.model).items()}
         runs.append((stop.value.step, out.steps_done, out.run_dir, weights))
     dist.destroy_process_group()
-    queue.put((rank, runs, writes))
+    queue.put((rank, decisions, runs, writes))
 
 
 def test_global_plan_is_split_evenly_across_ranks(tiny_config):
@@ -147,7 +155,8 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_global_batch(tiny_c
     while not procs.join():
         pass
 
-    (runs0, writes0), (runs1, writes1) = got[0], got[1]
+    (decisions0, runs0, writes0), (decisions1, runs1, writes1) = got[0], got[1]
+    assert decisions0 == decisions1 == [(True, None), (False, signal.SIGTERM), "ranks disagree on the rank: [0, 1] (rank order)"]
     assert writes0 and not writes1, writes1  # only rank 0 touches the run folders and MLflow
     for cfg, (stop0, steps0, run_dir, weights0), (stop1, steps1, _, weights1) in zip(configs, runs0, runs1):
         assert stop0 == stop1 == _SignalOnRank1.stop_at and steps0 == steps1 == cfg["train"]["steps"]
@@ -176,3 +185,14 @@ def test_metadg_run_distributed_under_torchrun(tiny_config, tmp_path):
     runs = Path(cfg["output_dir"])
     assert sorted(p.name for p in runs.iterdir()) == ["erm_full"]  # one run folder, not one per rank
     _assert_same_weights(read_checkpoint(runs / "erm_full" / "checkpoints" / "best")[0], _single(cfg, tmp_path / "single"))
+
+
+def test_run_distributed_without_a_gpu_asks_for_the_number_of_processes(tiny_config, tmp_path, monkeypatch, capsys):
+    from metadg.cli import main
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["run", "--distributed", str(path)]) == 2
+    assert "--nproc" in capsys.readouterr().err
+    assert not Path(tiny_config["output_dir"]).exists()
