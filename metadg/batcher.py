@@ -45,7 +45,14 @@ class SampleMaker:
 
 
 class DomainBatcher:
-    """Draws one batch per source domain each step; bona fide comes from a shared pool by default."""
+    """Draws one batch per source domain each step; bona fide comes from a shared pool by default.
+
+    Under data parallelism (`world_size` ranks) `batch_per_domain` is per rank:
+    step k's global plan of `world_size` × the per-rank bona fide and spoof
+    counts is drawn once from (seed, k), alike on every rank, and rank r keeps
+    entries r, r + world_size, ... of each domain's bona fide and of its spoofs. The mean of the
+    ranks' losses is then the loss of the global batch.
+    """
 
     def __init__(
         self,
@@ -58,8 +65,11 @@ class DomainBatcher:
         share_bonafide: bool = True,
         augment: Augment | None = None,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.utts = utts
+        self.rank, self.world_size = rank, world_size
         self.maker = SampleMaker(utts, crop_samples, augment)
         self.n_bona = min(batch_per_domain - 1, max(1, round(batch_per_domain * bonafide_fraction)))
         self.n_spoof = batch_per_domain - self.n_bona
@@ -83,14 +93,17 @@ class DomainBatcher:
         self.removed: set[int] = set()
 
     def plan(self, index: int | None = None) -> list[Entry]:
-        """Step `index`'s samples (default: the next one): per domain, bona fide first, then its spoofs."""
+        """This rank's samples of step `index` (default: the next one): per domain, bona fide first, then its spoofs."""
         # Each step has its own generator, seeded by (seed, step): a plan does not
         # depend on how far a data loader prefetched, and resuming needs only the step.
         rng = np.random.default_rng([self.seed, self.consumed if index is None else index])
         entries: list[Entry] = []
+        mine = slice(self.rank, None, self.world_size)
         for d in self.domains:
             for bona, pool, n in ((True, self.bona_pools[d], self.n_bona), (False, self.spoof_pools[d], self.n_spoof)):
-                entries += [(d, bona, int(i), int(rng.integers(2**63))) for i in rng.choice(pool, size=n, replace=pool.size < n)]
+                total = n * self.world_size
+                drawn = [(d, bona, int(i), int(rng.integers(2**63))) for i in rng.choice(pool, size=total, replace=pool.size < total)]
+                entries += drawn[mine]
         return entries
 
     def assemble(self, made: list[tuple[Entry, np.ndarray | str]]) -> dict[str, Batch]:

@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="experiment YAML, or the folder of an unfinished run to resume")
     _overrides(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    run.add_argument("--distributed", action="store_true",
+                     help="data-parallel training on --nproc local processes through torchrun "
+                          "(a run that torchrun started needs no flag)")
+    run.add_argument("--nproc", type=int, default=None, metavar="N",
+                     help="processes for --distributed (default: one per GPU; on CPU give it, e.g. 2, for gloo)")
     bench = sub.add_parser("bench", help="run every cell of a benchmark YAML and print a results table")
     bench.add_argument("config")
     _overrides(bench)
@@ -169,15 +174,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(exp.to_dict(), sort_keys=False), end="")
         return 0
-    if exp.tracking.enabled:
-        print(f"tracking: {exp.tracking.uri} (experiment {exp.tracking.experiment!r})")
+    from metadg import distributed
+
+    if args.distributed and not distributed.launched():
+        return _relaunch_distributed(args, str(run_dir) if run_dir else args.config)
     from metadg.training import Trainer
 
-    result = Trainer(exp, run_dir=run_dir).fit()
+    trainer = Trainer(exp, run_dir=run_dir)  # joins torchrun's process group, if started by torchrun
+    if trainer.dist.is_main and exp.tracking.enabled:
+        print(f"tracking: {exp.tracking.uri} (experiment {exp.tracking.experiment!r})")
+    try:
+        result = trainer.fit()
+    finally:
+        distributed.leave()
+    if not trainer.dist.is_main:  # rank 0 reports
+        return 0
     print(f"run folder: {result.run_dir}  best step {result.best_step}  dev EER {100 * result.dev.get('eer', float('nan')):.2f} %")
     for name, metrics in result.eval.items():
         print(f"  {name:<20} EER {100 * metrics['eer']:.2f} %")
     return 0
+
+
+def _relaunch_distributed(args: argparse.Namespace, target: str) -> int:
+    """Replace this process by torchrun running `metadg run target` on N local processes."""
+    import os
+
+    import torch
+
+    n = torch.cuda.device_count() if args.nproc is None else args.nproc
+    if n < 1:
+        raise ConfigError("--distributed: no GPU found; give the number of processes with --nproc (e.g. --nproc 2: CPU, gloo)"
+                          if args.nproc is None else f"--nproc {args.nproc}: needs at least one process")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "metadg",
+            *(["--debug"] if args.debug else []), "run", target, *[a for o in args.override for a in ("-o", o)]]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached: execv does not return
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from metadg import distributed
 from metadg.adapters.base import Adapter
 from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
-from metadg.config import Experiment, build_experiment, dump_yaml
+from metadg.config import Experiment, TrackingConfig, build_experiment, dump_yaml
 from metadg.evaluation import det_png, score_utterances, scoring_options, write_scores
 from metadg.models.classifier import Classifier, build_model
 from metadg.batcher import DomainBatcher
@@ -130,14 +131,19 @@ class Trainer:
         on_eval: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.exp = exp
+        # Under torchrun this joins the process group; rank 0 alone validates,
+        # writes the run folder and logs, so the other ranks never track.
+        self.dist = distributed.join(resolve_device(exp.train.device))
+        self.device = self.dist.device
         # Called with (step, dev metrics) after every validation; a search raises
         # optuna.TrialPruned from it to stop a bad trial early.
         self.on_eval = on_eval
+        if not self.dist.is_main:
+            tracker = Tracker(TrackingConfig(enabled=False))
         self.tracker = tracker if tracker is not None else Tracker(exp.tracking)
-        self.run_dir = Path(run_dir) if run_dir else unique_dir(Path(exp.output_dir), exp.name)
+        self.run_dir = distributed.from_main(Path(run_dir) if run_dir else unique_dir(Path(exp.output_dir), exp.name))
         self.parent_run_id = parent_run_id
         self.tags = tags or {}
-        self.device = resolve_device(exp.train.device)
 
     def setup(self) -> None:
         """Build task, model, adapter, algorithm, optimizer, schedule and batcher (seeded)."""
@@ -150,6 +156,8 @@ class Trainer:
         self.fingerprint = frozen_fingerprint(self.model)
         loss_fn = make_loss(self.task, tc.class_weights, self.device)
         self.algorithm = exp.algorithm.build(self.model, self.params, loss_fn, seed=exp.seed)
+        if self.dist.enabled:
+            self.algorithm.reduce = distributed.all_mean
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.selection = select(tc.selection, self.task)
@@ -163,19 +171,27 @@ class Trainer:
             share_bonafide=getattr(self.task.cfg, "share_bonafide", True),
             augment=self.task.augmentation(),
             seed=exp.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.batches = self.batcher.iterate(tc.num_workers)  # starts on first use: after a restore
         self.loop = LoopState()
 
     def fit(self) -> RunResult:
-        """Train (resuming the run folder's saved state if there is one), select on dev, evaluate the best checkpoint."""
-        exp = self.exp
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved = self._saved_state()
-        dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
+        """Train (resuming the run folder's saved state if there is one), select on dev, evaluate the best checkpoint.
+
+        Under data parallelism only rank 0 selects and evaluates; other ranks return after training, without metrics.
+        """
+        exp, main = self.exp, self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = self._saved_state()  # every rank restores rank 0's state: the run folder must be visible to all
+        if main:
+            dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
         self.setup()
         if saved is not None:
             self._restore(*saved)
+        distributed.check_agree(self.loop.step, "the step to start from (is the run folder visible to every rank?)")
         trainable, total, full = count_parameters(self.model, self.adapter)
         tags = {"algorithm": exp.algorithm.name, "adapter": exp.adapter.name, "task": exp.task.name,
                 "selection": self.selection.label, **self.tags}
@@ -195,6 +211,8 @@ class Trainer:
         try:
             with SignalGuard() as guard:
                 self._loop(run_id, guard)
+            if not main:  # rank 0 evaluates alone; this rank's work is done
+                return RunResult(exp.name, str(self.run_dir), 0, self.loop.step, trainable, total, full)
             tensors, meta = read_checkpoint(self.best_dir)
             self.adapter.load_state_dict(self.model, tensors)
             results = self._evaluate(run_id, tensors, meta)
@@ -236,6 +254,10 @@ class Trainer:
         if parts.get("best_dev_scores") is not None:
             self.best_dev_scores = parts["best_dev_scores"]
         set_rng_state(parts["rng"])
+        if self.dist.enabled and self.device.type == "cuda" and "cuda" in parts["rng"]:
+            # Every rank seeds alike and draws same-shaped dropout masks, so rank 0's
+            # generator on its GPU is this rank's on its own (whose state rank 0 never advanced).
+            torch.cuda.set_rng_state(parts["rng"]["cuda"][0], self.device)
         log.info("resuming %s at step %d", self.run_dir, self.loop.step)
 
     def save_state(self) -> Path:
@@ -280,6 +302,8 @@ class Trainer:
             for p in self.params.values():
                 if p.grad is not None:
                     p.grad.div_(tc.grad_accum)
+        if self.dist.enabled:  # all ranks then hold the same gradient: clipping and the skip below decide alike
+            metrics = distributed.average_step(self.params.values(), metrics, self.device)
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         finite = all(math.isfinite(v) for v in metrics.values()) and bool(
             torch.stack([g.isfinite().all() for g in grads]).all() if grads else True
@@ -315,7 +339,8 @@ class Trainer:
 
     def _loop(self, run_id: str | None, guard: SignalGuard) -> None:
         tc, metric, loop = self.exp.train, self.task.selection_metric, self.loop
-        bar = tqdm(total=tc.steps, initial=loop.step, desc=self.exp.name, disable=None if tc.progress else True,
+        main = self.dist.is_main
+        bar = tqdm(total=tc.steps, initial=loop.step, desc=self.exp.name, disable=None if tc.progress and main else True,
                    unit="step", dynamic_ncols=True)
         while loop.step < tc.steps and not loop.stopped_early:
             loop.step += 1
@@ -331,14 +356,16 @@ class Trainer:
                 loss = f"{means['train/loss']:.3f}" if "train/loss" in means else "nan"
                 bar.set_postfix(loss=loss, best_dev=f"{loop.best:.4f}" if loop.best < math.inf else "-")
                 loop.running = {}
-            if step % tc.eval_every == 0 or step == tc.steps:
+            if main and (step % tc.eval_every == 0 or step == tc.steps):
                 self._validate_step(run_id, metric)
-            if tc.checkpoint_every is not None and step % tc.checkpoint_every == 0 and step < tc.steps:
+            if main and tc.checkpoint_every is not None and step % tc.checkpoint_every == 0 and step < tc.steps:
                 self.save_state()
-            if guard.signum is not None:
-                self.save_state()
+            loop.stopped_early, signum = distributed.decide(loop.stopped_early, guard.signum, self.device)
+            if signum is not None:
+                if main:
+                    self.save_state()
                 bar.close()
-                raise StopRequested(self.run_dir, step, guard.signum)
+                raise StopRequested(self.run_dir, step, signum)
         bar.close()
         self.tracker.log_metrics(
             run_id, {f"best_dev/{k}": v for k, v in loop.best_dev.items()} | {"best_step": loop.best_step}, loop.step

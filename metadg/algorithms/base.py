@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -14,6 +14,12 @@ from metadg.config import StrictModel
 from metadg.tasks.base import Batch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Grads = Sequence[torch.Tensor | None]
+
+
+def no_reduce(grads: Grads) -> Grads:
+    """The single-process reduction: gradients stay as they are."""
+    return grads
 
 
 class Algorithm(ABC):
@@ -39,6 +45,10 @@ class Algorithm(ABC):
         self.params = dict(params)
         self.loss_fn = loss_fn
         self.generator = torch.Generator().manual_seed(seed)
+        # Applied to gradients an algorithm uses inside its update (MLDG's inner
+        # step); data-parallel training sets it to the mean over ranks, so every
+        # rank takes the virtual step of the global batch. `.grad` is averaged by the Trainer.
+        self.reduce: Callable[[Grads], Grads] = no_reduce
 
     def loss(self, batch: Batch, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Loss of `batch`, at the module's own parameters or at `params` (a virtual point)."""

@@ -58,7 +58,7 @@ class MLDG(Algorithm):
         loss_f = self.loss(batch_tr)
         # Only trainable parameters take part in the virtual step: the frozen
         # backbone is shared by reference through functional_call, never copied.
-        grads = torch.autograd.grad(loss_f, params, create_graph=not cfg.first_order, allow_unused=True)
+        grads = self.reduce(torch.autograd.grad(loss_f, params, create_graph=not cfg.first_order, allow_unused=True))
         virtual = {
             n: p if g is None else p - cfg.alpha * (g.detach() if cfg.first_order else g)
             for n, p, g in zip(names, params, grads)
