@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
+from metadg import distributed
 from metadg.checkpoint import CheckpointError
 from metadg.config import ConfigError
 from metadg.tasks.spoof.audio import AudioError
@@ -174,7 +175,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(exp.to_dict(), sort_keys=False), end="")
         return 0
-    from metadg import distributed
 
     if args.distributed and not distributed.launched():
         return _relaunch_distributed(args, str(run_dir) if run_dir else args.config)
@@ -243,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.command in ("bench", "search") and distributed.launched():
+            # Every rank would run the whole sweep; data parallelism is per training run.
+            raise ConfigError(f"metadg {args.command} runs single-process; use torchrun (or --distributed) with `metadg run`")
         if args.command == "list":
             return cmd_list()
         if args.command == "run":

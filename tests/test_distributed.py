@@ -196,3 +196,12 @@ def test_run_distributed_without_a_gpu_asks_for_the_number_of_processes(tiny_con
     assert main(["run", "--distributed", str(path)]) == 2
     assert "--nproc" in capsys.readouterr().err
     assert not Path(tiny_config["output_dir"]).exists()
+
+
+@pytest.mark.parametrize("command", ["bench", "search"])
+def test_sweeps_refuse_to_run_under_torchrun(command, tmp_path, monkeypatch, capsys):
+    from metadg.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it in every rank
+    assert main([command, str(tmp_path / "any.yaml")]) == 2
+    assert f"metadg {command} runs single-process" in capsys.readouterr().err
