@@ -277,7 +277,7 @@ def scale_section(rep: Report, p: dict[str, Any]) -> None:
                 f"{size} shape would take at that rate:", "")
         rows = []
         for a in achieved:
-            epoch = flops[a["adapter"]]["train"] * scale.LA_TRAIN_UTTS / (a["gflops_s"] * 1e9) if a["adapter"] in flops else 0
+            epoch = flops[a["adapter"]]["train"] * scale.LA_TRAIN_UTTS / (a["gflops_s"] * 1e9)
             rows.append([f"{a['size']} × {a['adapter']}", f"{a['gflop']:.1f}", fmt_ms(a["ms"]), f"{a['gflops_s']:.1f}",
                          f"{epoch / 3600:.1f}"])
         rep.table(["measured step", "GFLOP/step", "median ms/step", "achieved GFLOP/s", f"{size} epoch h at that rate"], rows)
