@@ -98,6 +98,7 @@ def test_mldg_ratios_are_quotients_of_the_reported_times(report):
         assert close(r["× ERM"], r["median ms/step"], ref["erm"]["median ms/step"])
         assert close(r["× naive"], r["median ms/step"], ref["naive_mldg"]["median ms/step"])
         assert close(r["mem × ERM"], r["peak step MB"], ref["erm"]["peak step MB"])
+        assert close(r["CPU × ERM"], r["CPU ms/step"], ref["erm"]["CPU ms/step"])
         lo, hi = map(num, r["IQR ms"].split("–"))
         assert lo <= hi
     for raw in data["mldg"]:

@@ -18,7 +18,7 @@ from step_time import build, make_algo, make_batches, per_domain, train_step, tr
 def op_times(size: str, adapter: str, steps: int, device: str = "cpu") -> dict[str, dict[str, tuple[float, float]]]:
     """{method: {op: (self CPU ms per step, calls per step)}} for ERM and MLDG, profiled on one shared model."""
     model = build(size, adapter, device)
-    batches = make_batches(device, per_domain(size))
+    batches = make_batches(device, per_domain())
     opt = torch.optim.AdamW(trainable(model).values(), lr=1e-4)
     runs = {m: make_algo(m, model) for m in ("erm", "mldg")}
     for _ in range(2):  # warm-up: allocator, kernels, AdamW state

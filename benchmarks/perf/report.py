@@ -33,7 +33,7 @@ import throughput  # noqa: E402
 # section and table but with fewer, smaller repeats (a couple of minutes on 2 cores).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
-        "mldg_sizes": ["tiny", "small", "xlsr_300m"], "mldg_steps": 10, "mldg_warmup": 2, "mldg_budget": 900,
+        "mldg_sizes": ["tiny", "small", "xlsr_300m"], "mldg_steps": 10, "mldg_warmup": 1, "mldg_budget": 900,
         "profile_steps": 10, "adapter_size": "xlsr_300m", "adapter_steps": 5, "adapter_warmup": 1,
         "infer_steps": 20, "adapter_budget": 300, "tp_size": "small", "tp_workers": [0, 1, 2], "tp_clips": 100,
         "tp_per_domain": 8, "tp_loader_steps": 6, "tp_model_steps": 2, "tp_rounds": 3, "sc_size": "small",
@@ -118,7 +118,8 @@ def mldg_section(rep: Report, p: dict[str, Any], threads: int) -> None:
             f"One training step (`zero_grad → update → AdamW.step`) on 4 domains of seeded 1 s noise, the same "
             f"samples for every method; one shared model per (size, adapter); methods round-robin with the order "
             f"rotated every round, {args.warmup} warm-up round(s), median of ≤ {args.steps} (stops early past the "
-            f"budget). `× ERM` = median ÷ ERM's median; `per-round` = median (IQR) of each round's step ÷ ERM's step "
+            f"budget). `× ERM` = median ÷ ERM's median; `CPU` = the process's CPU time per step (its median), which "
+            f"other jobs on the machine barely move, a cross-check of the wall-time ratio; `per-round` = median (IQR) of each round's step ÷ ERM's step "
             f"of that round; `× naive` = median ÷ naive deep-copy MLDG's median. Peak step memory: each (size, "
             f"adapter, method) in a fresh forkserver child, RSS high-water mark above the built model over "
             f"{args.mem_steps} steps (AdamW state included). Dropout, layerdrop and SpecAugment off.", "")
@@ -257,7 +258,7 @@ def scale_section(rep: Report, p: dict[str, Any]) -> None:
     achieved = []
     for r in rep.data.get("mldg", []):
         if r["method"] == "erm":
-            n = step_time.per_domain(r["size"])
+            n = step_time.per_domain()
             f = scale.step_flops(r["size"], r["adapter"], step_time.N_DOMAINS * n, step_time.SAMPLES)
             achieved.append({"size": r["size"], "adapter": r["adapter"], "gflop": f["train"] / 1e9, "ms": r["ms"],
                              "gflops_s": f["train"] / 1e9 / (r["ms"] / 1e3)})
