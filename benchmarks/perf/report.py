@@ -217,9 +217,9 @@ def throughput_section(rep: Report, p: dict[str, Any], threads: int) -> None:
     rep.target(f"loader ÷ model clips/s at the default num_workers = {default} ({res['size']} model, CPU)",
                margin, "≥", throughput.TARGET)
     meets = [nw for nw in args.workers if res[f"loader/{nw}"]["clips_s"] / model >= throughput.TARGET]
-    rep.add(("num_workers meeting ≥ 3× here: " + ", ".join(map(str, meets)) if meets else
-             "No measured num_workers reaches 3× here.") + " On this CPU the model step is the slow side; "
-            "section 5 sizes the workers for a GPU step instead.", "")
+    rep.add(("num_workers meeting ≥ 3× here: " + ", ".join(map(str, meets)) + "." if meets else
+             "No measured num_workers reaches 3× here.") + " A CPU model step is far slower than a GPU one; "
+            "section 5 sizes the loader workers for a GPU step.", "")
 
 
 def scoring_section(rep: Report, p: dict[str, Any], threads: int) -> None:
