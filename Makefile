@@ -1,11 +1,12 @@
 # Two commands do all set-up on a fresh machine:
 #   make quickstart   create .venv, install, run benchmarks/quickstart.yaml on synthetic data
 #   make test         create .venv, install with the dev extra, run the test suite
+#   make perf         run every perf measurement, write benchmarks/perf/REPORT.md (~25 min on 2 cores; PERF_ARGS=--quick: minutes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: quickstart test install clean
+.PHONY: quickstart test perf install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ quickstart: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -q
+
+perf: $(VENV)/.installed-base
+	$(BIN)/python benchmarks/perf/report.py $(PERF_ARGS) --out benchmarks/perf/REPORT.md
 
 clean:
 	rm -rf $(VENV) runs mlflow.db mlartifacts metadg-journal .pytest_cache

@@ -26,6 +26,23 @@ def segments(wave: np.ndarray, chunk: int | None, overlap: float) -> list[np.nda
     return [wave[s : s + chunk] for s in starts]
 
 
+# A batch never pads its shortest segment by more than this share of its length: padded
+# samples cost as much as real ones (the conv encoder runs over them), and on CPU that
+# waste outweighs what batching saves.
+MAX_PADDING = 0.1
+
+
+def length_batches(segs: list[tuple[int, np.ndarray]], batch_size: int) -> list[list[tuple[int, np.ndarray]]]:
+    """Split length-sorted segments into batches of ≤ `batch_size` whose longest is ≤ (1 + MAX_PADDING) × shortest."""
+    batches: list[list[tuple[int, np.ndarray]]] = []
+    for item in segs:
+        if batches and len(batches[-1]) < batch_size and item[1].shape[0] <= (1 + MAX_PADDING) * batches[-1][0][1].shape[0]:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
 @torch.no_grad()
 def score_utterances(
     model: nn.Module,
@@ -57,8 +74,7 @@ def score_utterances(
         segs = [(i, seg) for i, wave in waves.items() if wave is not None
                 for seg in segments(wave, chunk_samples, chunk_overlap)]
         segs.sort(key=lambda item: item[1].shape[0])
-        for b in range(0, len(segs), batch_size):
-            part = segs[b : b + batch_size]
+        for part in length_batches(segs, batch_size):
             lengths = [seg.shape[0] for _, seg in part]
             inputs = torch.zeros(len(part), max(lengths))
             for row, (_, seg) in enumerate(part):

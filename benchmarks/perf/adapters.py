@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import NO_DROPOUT, SIZES, in_fresh_processes, peak_step_mib, sync, train_step  # noqa: E402  (shared helpers)
+from step_time import NO_DROPOUT, SIZES, in_fresh_processes, peak_step_mib, quartiles, sync, train_step  # noqa: E402  (shared helpers)
 
 from metadg.adapters.base import Adapter  # noqa: E402
 from metadg.algorithms.erm import ERM  # noqa: E402
@@ -167,11 +167,10 @@ def memory_in_fresh_process(job: tuple[str, str], args: argparse.Namespace) -> f
 
 def iqr(ts: list[float], scale: float = 1e3) -> tuple[float, float]:
     """Interquartile range of `ts` (seconds), in ms."""
-    q = statistics.quantiles([scale * t for t in ts], n=4)
-    return q[0], q[2]
+    return quartiles([scale * t for t in ts])
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", nargs="+", default=["small"], choices=list(SIZES),
@@ -190,36 +189,32 @@ def parse_args() -> argparse.Namespace:
                    help="torch.set_num_threads (1: steadier on a shared 2-core machine; use 2 on a quiet one)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="also write the tables (and verdicts) to this Markdown file")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    """Memory in child processes, then per size: round-robin training steps and inference forwards; tables, verdicts."""
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Memory in child processes, then per size: round-robin training steps and inference forwards; training and inference rows."""
     # Memory first, one fresh forkserver child per (size, variant); they never overlap the timing loops.
     jobs = [(s, v) for s in args.sizes for v in args.variants]
     mem = in_fresh_processes(memory_in_fresh_process, jobs, args)
-    print(f"memory measured in {time.perf_counter() - t_start:.0f} s", flush=True)
-
     train_rows: list[dict[str, Any]] = []
     infer_rows: list[dict[str, Any]] = []
     share = args.budget / len(args.sizes)
     for size in args.sizes:
         n_dom, per_dom, samples = shape(size, args)
+        batch = f"{n_dom * per_dom} × {samples / 16000:g} s"
         t_size = time.perf_counter()
         counts, times = time_training(size, args, 0.75 * share)
         ms = {v: 1e3 * statistics.median(times[v]) for v in args.variants}
         for v in args.variants:
             lo, hi = iqr(times[v])
             print(f"  {size}/{v}: median {ms[v]:.1f} ms/step, IQR {lo:.1f}–{hi:.1f} ms over {len(times[v])} steps", flush=True)
-            train_rows.append({"size": size, "variant": v, "params": counts[v], "ms": ms[v], "mib": mem[(size, v)],
-                               "batch": f"{n_dom * per_dom} × {samples / 16000:g} s", **{f"ms_{k}": ms[k] for k in ms},
-                               **{f"mib_{k}": mem[(size, k)] for k in args.variants}})
+            train_rows.append({"size": size, "variant": v, "params": counts[v], "ms": ms[v], "q1": lo, "q3": hi,
+                               "steps": len(times[v]), "mib": mem[(size, v)], "batch": batch,
+                               **{f"ms_{k}": ms[k] for k in ms}, **{f"mib_{k}": mem[(size, k)] for k in args.variants}})
         # Inference gets what training left of this size's share (at least a quarter of it).
         left = max(0.25 * share, share - (time.perf_counter() - t_size))
-        _, ftimes = time_inference(size, args, left)
+        merge_rel, ftimes = time_inference(size, args, left)
         fms = {k: 1e3 * statistics.median(ftimes[k]) for k in INFER}
         for k in INFER:
             lo, hi = iqr(ftimes[k])
@@ -229,8 +224,18 @@ def main() -> None:
             print(f"  {size}/{k} inference: median {fms[k]:.2f} ms/forward, IQR {lo:.2f}–{hi:.2f} ms"
                   f" over {len(ftimes[k])} forwards; per-round ratio to plain: median {statistics.median(paired):.3f},"
                   f" IQR {plo:.3f}–{phi:.3f}", flush=True)
-            infer_rows.append({"size": size, "variant": k, "ms": fms[k], "ratio": fms[k] / fms["plain"],
-                               "paired": statistics.median(paired), "batch": f"{n_dom * per_dom} × {samples / 16000:g} s"})
+            infer_rows.append({"size": size, "variant": k, "ms": fms[k], "q1": lo, "q3": hi, "steps": len(ftimes[k]),
+                               "ratio": fms[k] / fms["plain"], "paired": statistics.median(paired), "paired_q1": plo,
+                               "paired_q3": phi, "batch": batch, "merge_rel_diff": merge_rel})
+    return train_rows, infer_rows
+
+
+def main() -> None:
+    """Measure, then print the tables and verdicts."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    train_rows, infer_rows = measure(args)
 
     def rel(r: dict[str, Any], key: str, ref: str) -> str:
         return f"{r[key] / r[f'{key}_{ref}']:.2f}" if f"{key}_{ref}" in r else "–"
