@@ -83,6 +83,10 @@ def count_parameters(model: nn.Module, adapter: Adapter) -> tuple[int, int, int]
     return sum(p.numel() for p in adapter.trainable_parameters(model).values()), total, total - added
 
 
+class StopRun(Exception):
+    """Raised from an on_eval callback to end training on purpose (a pruned search trial): the run ends KILLED."""
+
+
 @dataclass
 class RunResult:
     """What one finished experiment produced."""
@@ -182,6 +186,9 @@ class Trainer:
             self.adapter.load_state_dict(self.model, tensors)
             results = self._evaluate(run_id, tensors, meta)
             status = "FINISHED"
+        except StopRun:
+            status = "KILLED"
+            raise
         finally:
             self.batches.close()  # stops data-loader workers, if any
             self.tracker.end(run_id, status)
