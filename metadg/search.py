@@ -257,22 +257,26 @@ def write_best(spec: SearchSpec, study: optuna.Study) -> Path | None:
 
 
 def trials_table(spec: SearchSpec, trials: list[FrozenTrial]) -> str:
-    """Markdown table: one row per trial with its state, objective, eval metrics and sampled values."""
+    """Markdown table, one row per trial: state, dev objective, eval metrics, step, sampled values.
+
+    A COMPLETE trial shows its value at the selected step (the best one is starred); a
+    pruned or failed one shows its best value so far in parentheses and the step it reached.
+    """
     metric = spec.base.task.cls.selection_metric
     sets = list(dict.fromkeys(s for t in trials for s in t.user_attrs.get("eval", {})))
-    cols = ["trial", "state", f"dev {spec.objective}", *[f"{s} {metric}" for s in sets], "steps", *spec.params]
+    cols = ["trial", "state", f"dev {spec.objective}", *[f"{s} {metric}" for s in sets], "step", *spec.params]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    best = min((t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None), default=None)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value).number if complete else None
     for t in trials:
-        if t.value is not None:
-            value = f"{t.value:.4f}" + (" *" if t.value == best else "")
-        elif t.intermediate_values:  # a pruned (or failed) trial: its best report so far
-            value = f"({min(t.intermediate_values.values()):.4f})"
+        if t.state == TrialState.COMPLETE:
+            value, step = f"{t.value:.4f}" + (" *" if t.number == best else ""), t.user_attrs.get("best_step", "-")
+        elif t.intermediate_values:
+            value, step = f"({min(t.intermediate_values.values()):.4f})", max(t.intermediate_values)
         else:
-            value = "-"
-        steps = t.user_attrs.get("best_step") if t.state == TrialState.COMPLETE else max(t.intermediate_values, default="-")
-        row = [str(t.number), t.state.name, value, *[_fmt(t.user_attrs.get("eval", {}).get(s)) for s in sets],
-               str(steps), *[_fmt(t.params.get(k)) for k in spec.params]]
+            value, step = "-", "-"
+        evals = t.user_attrs.get("eval", {})
+        row = [str(t.number), t.state.name, value, *[_fmt(evals.get(s)) for s in sets], str(step), *[_fmt(t.params.get(k)) for k in spec.params]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
