@@ -1,4 +1,4 @@
-"""The `metadg` command: run, bench, eval, score, params, list, upload."""
+"""The `metadg` command: run, bench, search, eval, score, params, list, upload."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(bench)
     bench.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     bench.add_argument("--output-dir", default=None, help="where run folders go (default: output_dir of the config)")
+    search = sub.add_parser("search", help="tune hyperparameters with Optuna over the `search:` space of a YAML")
+    search.add_argument("config")
+    _overrides(search)
+    search.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes sharing the study (default 1)")
     ev = sub.add_parser("eval", help="score a trained checkpoint on evaluation sets and print the metrics")
     ev.add_argument("checkpoint", help="a run's checkpoints/best folder (or the run folder)")
     ev.add_argument("--sets", help="YAML with an `eval:` mapping of set name → corpus spec (default: the run's own)")
@@ -236,6 +240,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run or resume a study, print its trials and where best.yaml is."""
+    from metadg.search import WorkerError, run_search
+
+    try:
+        result = run_search(args.config, args.override, workers=args.workers)
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(result.table)
+    print(f"\nstudy {result.study_name!r} in {result.storage}; trial folders and trials.md: {result.study_dir}")
+    if result.best is not None:
+        print(f"best: trial {result.best.number}, dev {result.objective} {result.best.value:.4f}; "
+              f"ready to run: metadg run {result.best_yaml}")
+    else:
+        print("no trial completed yet; rerun the command to continue the study")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `metadg` console script."""
     args = build_parser().parse_args(argv)
@@ -258,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_score(args)
         if args.command == "upload":
             return cmd_upload(args)
+        if args.command == "search":
+            return cmd_search(args)
         return cmd_bench(args)
     except (ConfigError, RegistryError) as exc:
         if args.debug:

@@ -90,7 +90,11 @@ def loop_from_dict(data: dict[str, Any]) -> LoopState:
     return LoopState(**{**data, "best": math.inf if data["best"] is None else data["best"]})
 
 
-class StopRequested(Exception):
+class StopRun(Exception):
+    """Training ended on purpose before its last step (a signal, a pruned search trial): the run ends KILLED."""
+
+
+class StopRequested(StopRun):
     """SIGINT/SIGTERM arrived; the run saved its state after the current step and stopped."""
 
     def __init__(self, run_dir: Path, step: int, signum: int) -> None:

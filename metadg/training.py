@@ -24,7 +24,7 @@ from metadg.evaluation import det_png, score_utterances, scoring_options, write_
 from metadg.models.classifier import Classifier, build_model
 from metadg.batcher import DomainBatcher
 from metadg.tasks.base import Task, Utterances
-from metadg.resume import LoopState, SignalGuard, StopRequested, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir
+from metadg.resume import LoopState, SignalGuard, StopRequested, StopRun, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir
 from metadg.selection import select
 from metadg.tracking import Tracker
 
@@ -217,7 +217,7 @@ class Trainer:
             self.adapter.load_state_dict(self.model, tensors)
             results = self._evaluate(run_id, tensors, meta)
             status = "FINISHED"
-        except StopRequested:
+        except StopRun:  # a signal stop or a pruned trial: on purpose, not a failure
             status = "KILLED"
             raise
         finally:
