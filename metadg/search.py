@@ -349,7 +349,7 @@ def run_search(path: str | Path, overrides: list[str] | None = None, workers: in
         else:
             _run_workers(str(path), list(overrides or []), workers)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRun):  # Ctrl-C / SIGTERM: the study stops on purpose
         status = "KILLED"
         raise
     finally:
