@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,9 +116,8 @@ class SSLBackbone(nn.Module):
                 hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
                 self.model = AutoModel.from_config(hf_cfg, attn_implementation=attn)
             else:
-                self.model = AutoModel.from_pretrained(
-                    str(path), local_files_only=True, attn_implementation=attn
-                )
+                with _quiet_loading():  # a local load takes milliseconds; its bar only clutters the run's output
+                    self.model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation=attn)
         else:
             fields = dict(PRESETS[cfg.preset]) if cfg.preset else {}
             fields.update(cfg.config or {})
@@ -173,3 +174,16 @@ class SSLBackbone(nn.Module):
     def hf_model(self) -> nn.Module:
         """The wrapped transformers model (a PeftModel once LoRA is applied)."""
         return self.model
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
