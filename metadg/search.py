@@ -194,7 +194,8 @@ def make_objective(spec: SearchSpec, tracker: Tracker, parent: str | None) -> Ca
                                   f"(valid: {', '.join(sorted(dev))})")
             value = float(dev[spec.objective])
             trial.report(value, step)
-            if trial.should_prune():
+            # At the last step training is already paid for: let the trial complete and count.
+            if step < exp.train.steps and trial.should_prune():
                 raise PrunedTrial(f"pruned at step {step}: dev {spec.objective} {value:.4f}")
 
         tags = {TRIAL_TAG: str(trial.number), STUDY_TAG: spec.study_name}
