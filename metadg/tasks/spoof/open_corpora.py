@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from metadg.tasks.base import Utterances
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpus, FileLoader, Row, SkipReport
+from metadg.tasks.spoof.file_corpus import FileCorpus, FileLoader, Row, SkipReport
 
 BONAFIDE = "-"  # attack value of bona fide rows: filters always keep it
 
