@@ -25,9 +25,10 @@ from metadg.config import (
     load_raw,
     set_dotted,
 )
+from metadg.engine.resume import StopRequested
+from metadg.engine.trainer import RunResult, Trainer
+from metadg.tasks.base import Headline
 from metadg.tracking import Tracker
-from metadg.resume import StopRequested
-from metadg.training import RunResult, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _slug(text: str) -> str:
 
 
 def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_dir: str | None = None) -> tuple[str, list[tuple[Cell, RunResult]]]:
-    """Run every cell under one parent MLflow run; write results.md/.csv and eer.png."""
+    """Run every cell under one parent MLflow run; write results.md/.csv and a bar chart of the first headline metric."""
     name, cells = expand(path, overrides)
     first = cells[0].experiment
     root = Path(output_dir or first.output_dir) / name
@@ -132,10 +133,13 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
         if done:
             rows = results_rows(done)
             root.mkdir(parents=True, exist_ok=True)
-            write_tables(rows, root)
-            plot_eer(rows, root / "eer.png")
-            for artifact in ("results.md", "results.csv", "eer.png"):
-                tracker.log_artifact(parent, root / artifact)
+            write_tables(rows, root, higher_columns(done))
+            artifacts = [root / "results.md", root / "results.csv"]
+            head = headlines(done)
+            if head and plot_metric(rows, root / f"{head[0].key}.png", head[0]) is not None:
+                artifacts.append(root / f"{head[0].key}.png")
+            for artifact in artifacts:
+                tracker.log_artifact(parent, artifact)
         tracker.end(parent, status)
     return str(root), done
 
@@ -156,8 +160,26 @@ def _parent_run(tracker: Tracker, root: Path, name: str, path: str | Path, n_cel
     return parent
 
 
+#: columns that describe a system rather than measure it: copied, never averaged
+DESCRIPTIVE = ("system", "group", "selection", "trainable", "trainable_%")
+
+
+def headlines(done: list[tuple[Cell, RunResult]]) -> list[Headline]:
+    """The headline metrics of the benchmark's tasks, in order, each once."""
+    seen: dict[str, Headline] = {}
+    for cell, _ in done:
+        for h in cell.experiment.task.cls.headline:
+            seen.setdefault(h.column, h)
+    return list(seen.values())
+
+
+def higher_columns(done: list[tuple[Cell, RunResult]]) -> frozenset[str]:
+    """Column suffixes whose larger values are better (accuracy), for bolding the best system."""
+    return frozenset(h.column for h in headlines(done) if h.higher_is_better)
+
+
 def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
-    """One row per cell: label, parameter counts, EER (%) per eval set and their average."""
+    """One row per cell: label, parameter counts, each headline metric on dev, per eval set and averaged."""
     rows = []
     for cell, res in done:
         # Oracle selection peeks at target data: never let it pass for a DG result.
@@ -168,29 +190,32 @@ def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
             "selection": res.selection,
             "trainable": res.trainable_params,
             "trainable_%": 100.0 * res.trainable_params / max(1, res.full_finetune_params),
-            "dev_eer_%": 100.0 * res.dev.get("eer", float("nan")),
         }
-        eers = {f"{k}_eer_%": 100.0 * v["eer"] for k, v in res.eval.items() if "eer" in v}
-        row.update(eers)
-        if eers:
-            row["avg_eer_%"] = sum(eers.values()) / len(eers)
+        heads = cell.experiment.task.cls.headline
+        for h in heads:
+            row[f"dev_{h.column}"] = h.scale * res.dev.get(h.key, float("nan"))
+        for h in heads:
+            values = {f"{k}_{h.column}": h.scale * v[h.key] for k, v in res.eval.items() if h.key in v}
+            row.update(values)
+            if values:
+                row[f"avg_{h.column}"] = sum(values.values()) / len(values)
         rows.append(row)
     return rows
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per system: seeds counted, EER columns as (mean, std) over the system's seeds."""
+    """One row per system: seeds counted, metric columns as (mean, std) over the system's seeds."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["group"], []).append(row)
     out = []
     for name, members in groups.items():
         summary: dict[str, Any] = {"system": name, "seeds": len(members)}
-        for col in members[0]:
+        for col in dict.fromkeys(k for m in members for k in m):
             if col in ("system", "group"):
                 continue
             values = [m[col] for m in members if col in m]
-            if col.endswith("eer_%"):
+            if col not in DESCRIPTIVE:
                 summary[col] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
             else:
                 summary[col] = values[0]
@@ -198,12 +223,19 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of `summarize`d rows: mean ± std over seeds; the best mean per EER column in bold."""
+def format_table(rows: list[dict[str, Any]], higher: frozenset[str] = frozenset()) -> str:
+    """Markdown table of `summarize`d rows: mean ± std over seeds; the best mean per metric column in bold.
+
+    Best is the largest mean in columns ending in a suffix of `higher` (accuracy), the smallest elsewhere (EER).
+    """
     if not rows:
         return "(no results)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    best = {c: min(r[c][0] for r in rows if c in r) for c in cols if c.endswith("eer_%")}
+
+    def pick(col: str) -> Any:
+        return max if any(col.endswith(suffix) for suffix in higher) else min
+
+    best = {c: pick(c)(r[c][0] for r in rows if c in r) for c in cols if any(isinstance(r.get(c), tuple) for r in rows)}
 
     def cell(row: dict[str, Any], col: str) -> str:
         v = row.get(col, "")
@@ -219,9 +251,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(rows: list[dict[str, Any]], directory: Path) -> None:
+def write_tables(rows: list[dict[str, Any]], directory: Path, higher: frozenset[str] = frozenset()) -> None:
     """results.md (mean ± std per system) and results.csv (one row per cell) in `directory`."""
-    (directory / "results.md").write_text(format_table(summarize(rows)) + "\n", encoding="utf-8")
+    (directory / "results.md").write_text(format_table(summarize(rows), higher) + "\n", encoding="utf-8")
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with (directory / "results.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols)
@@ -229,8 +261,8 @@ def write_tables(rows: list[dict[str, Any]], directory: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_eer(rows: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bar chart: EER per evaluation set, one bar per system."""
+def plot_metric(rows: list[dict[str, Any]], path: Path, head: Headline) -> Path | None:
+    """Grouped bar chart of one headline metric per evaluation set, one bar per system; None without eval sets."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,9 +270,11 @@ def plot_eer(rows: list[dict[str, Any]], path: Path) -> None:
     import numpy as np
 
     systems = summarize(rows)
-    sets = [c for c in dict.fromkeys(k for r in systems for k in r) if c.endswith("eer_%") and c != "dev_eer_%"]
+    suffix = f"_{head.column}"
+    sets = [c for c in dict.fromkeys(k for r in systems for k in r)
+            if c.endswith(suffix) and c not in (f"dev{suffix}", f"avg{suffix}")]
     if not sets:
-        return
+        return None
     x = np.arange(len(sets))
     width = 0.8 / len(systems)
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(sets) + 2), 3.6))
@@ -248,10 +282,18 @@ def plot_eer(rows: list[dict[str, Any]], path: Path) -> None:
         means = [row[s][0] if s in row else np.nan for s in sets]
         stds = [row[s][1] if s in row and row["seeds"] > 1 else 0.0 for s in sets]
         ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=3, label=row["system"])
-    ax.set_xticks(x, [s.removesuffix("_eer_%") for s in sets])
-    ax.set_ylabel("EER (%)")
+    ax.set_xticks(x, [s.removesuffix(suffix) for s in sets])
+    ax.set_ylabel(f"{head.label}{' (%)' if head.unit.strip() == '%' else ''}")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
+
+
+def plot_eer(rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bar chart of EER per evaluation set (the spoof task's headline; see plot_metric)."""
+    from metadg.tasks.spoof.task import SpoofDetection
+
+    plot_metric(rows, path, SpoofDetection.headline[0])

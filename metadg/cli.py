@@ -10,13 +10,13 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
-from metadg import distributed
-from metadg.checkpoint import CheckpointError
+from metadg.engine import distributed
+from metadg.engine.checkpoint import CheckpointError
 from metadg.config import ConfigError
-from metadg.tasks.spoof.audio import AudioError
-from metadg.tasks.spoof.file_corpus import CorpusError
-from metadg.resume import StopRequested
-from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, RegistryError, describe
+from metadg.tasks.audio.loading import AudioError
+from metadg.tasks.audio.file_corpus import CorpusError
+from metadg.engine.resume import StopRequested
+from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, SCHEDULES, SELECTIONS, TASKS, RegistryError, describe
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 130  # the shell convention for "stopped by a signal"
@@ -71,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list() -> int:
     """Print every registry, its plugins, their descriptions and hyperparameters with defaults."""
-    from metadg.tasks.spoof.corpora import CORPORA
+    from metadg.tasks.audio.corpus import CORPORA
 
     for title, registry in (("algorithms", ALGORITHMS), ("adapters", ADAPTERS), ("tasks", TASKS),
-                            ("models (backbones)", MODELS), ("models (heads)", HEADS), ("spoof corpora", CORPORA)):
+                            ("models (backbones)", MODELS), ("models (heads)", HEADS), ("corpora", CORPORA),
+                            ("selection methods (train.selection.method)", SELECTIONS),
+                            ("schedules (train.schedule)", SCHEDULES)):
         print(f"{title}:")
         for name, cls in registry.items():
             print(f"  {name:<16} {describe(cls)}")
@@ -90,7 +92,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     """Print the parameter report of an experiment (or of every cell of a benchmark)."""
     from metadg.bench import expand
     from metadg.config import load_raw
-    from metadg.params import count
+    from metadg.engine.accounting import count
 
     if any(k in load_raw(args.config) for k in ("grid", "variants")):
         _, cells = expand(args.config, args.override)
@@ -115,7 +117,7 @@ def _checkpoint_dir(path: str) -> Path:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint and print EER per set."""
     from metadg.config import read_yaml
-    from metadg.evaluation import evaluate_checkpoint
+    from metadg.engine.evaluate import evaluate_checkpoint
 
     ckpt = _checkpoint_dir(args.checkpoint)
     specs = None
@@ -125,16 +127,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.sets}: expected an `eval:` mapping of set name → corpus spec")
     out = Path(args.out) if args.out else ckpt.parent.parent / "eval"
     results = evaluate_checkpoint(ckpt, out, specs, device=args.device)
-    print(f"{'set':<24} {'EER %':>8}")
+    heads = _headline(ckpt)
+    print(f"{'set':<24}" + "".join(f" {h.label + h.unit:>12}" for h in heads))
     for name, metrics in results.items():
-        print(f"{name:<24} {100 * metrics['eer']:>8.2f}")
+        print(f"{name:<24}" + "".join(f" {h.scale * metrics.get(h.key, float('nan')):>12.2f}" for h in heads))
     print(f"score files and metrics.json: {out}")
     return 0
 
 
+def _headline(checkpoint: Path) -> tuple:
+    """The headline metrics of the task a checkpoint was trained on."""
+    from metadg.config import build_experiment
+    from metadg.engine.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(checkpoint)
+    return build_experiment(meta["config"], source=str(checkpoint)).task.cls.headline
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Score files and write a CSV."""
-    from metadg.evaluation import score_files
+    from metadg.engine.evaluate import score_files
 
     scored, failed = score_files(_checkpoint_dir(args.checkpoint), args.paths, args.out, device=args.device)
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
@@ -182,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.distributed and not distributed.launched():
         return _relaunch_distributed(args, str(run_dir) if run_dir else args.config)
-    from metadg.training import Trainer
+    from metadg.engine.trainer import Trainer
 
     trainer = Trainer(exp, run_dir=run_dir)  # joins torchrun's process group, if started by torchrun
     if trainer.dist.is_main and exp.tracking.enabled:
@@ -193,9 +205,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         distributed.leave()
     if not trainer.dist.is_main:  # rank 0 reports
         return 0
-    print(f"run folder: {result.run_dir}  best step {result.best_step}  dev EER {100 * result.dev.get('eer', float('nan')):.2f} %")
+    heads = exp.task.cls.headline
+    dev = "  ".join(f"dev {h.label} {h.show(result.dev.get(h.key, float('nan')))}" for h in heads)
+    print(f"run folder: {result.run_dir}  best step {result.best_step}  {dev}")
     for name, metrics in result.eval.items():
-        print(f"  {name:<20} EER {100 * metrics['eer']:.2f} %")
+        shown = "  ".join(f"{h.label} {h.show(metrics[h.key])}" for h in heads if h.key in metrics)
+        print(f"  {name:<20} {shown}")
     return 0
 
 
@@ -218,7 +233,7 @@ def _relaunch_distributed(args: argparse.Namespace, target: str) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark and print its results table."""
-    from metadg.bench import expand, format_table, results_rows, run_benchmark, summarize
+    from metadg.bench import expand, format_table, headlines, higher_columns, results_rows, run_benchmark, summarize
 
     if args.dry_run:
         name, cells = expand(args.config, args.override)
@@ -229,8 +244,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     root, done = run_benchmark(args.config, args.override, args.output_dir)
     print()
-    print(format_table(summarize(results_rows(done))))
-    print(f"\nrun folders, tables and eer.png: {root}")
+    print(format_table(summarize(results_rows(done)), higher_columns(done)))
+    plot = f" and {heads[0].key}.png" if (heads := headlines(done)) else ""
+    print(f"\nrun folders, tables{plot}: {root}")
     tracking = done[0][0].experiment.tracking if done else None
     if tracking is not None and tracking.enabled:
         if tracking.uri.startswith(("http://", "https://")):

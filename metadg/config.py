@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, TASKS, Registry, unknown_name_message
+import logging
+
+from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, SCHEDULES, SELECTIONS, TASKS, Registry, unknown_name_message
 
 BENCH_KEYS = ("grid", "variants", "search", "benchmark")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -33,17 +35,27 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-SelectionMethod = Literal["training_domain", "leave_one_domain_out", "oracle"]
+def registered(registry: Registry[Any], value: Any) -> Any:
+    """A pydantic check that `value` names a plugin of `registry` (did-you-mean error otherwise)."""
+    if not isinstance(value, str) or value not in registry:
+        raise ValueError(unknown_name_message(registry.kind, value, registry.names()))
+    return value
 
 
 class SelectionConfig(StrictModel):
     """How the checkpoint that gets evaluated is chosen (Gulrajani & Lopez-Paz's three protocols)."""
 
-    method: SelectionMethod = Field(
+    method: str = Field(
         "training_domain",
         description="training_domain: dev split of the source domains; leave_one_domain_out: one source domain "
         "is kept out of training and validates; oracle: an evaluation set validates (target data; labelled oracle)",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return registered(SELECTIONS, value)
+
     domain: str | None = Field(None, description="leave_one_domain_out: the held-out domain (default: the last, sorted)")
     eval_set: str | None = Field(None, description="oracle: the evaluation set that validates (default: the first)")
 
@@ -55,9 +67,8 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
-    schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule after warm-up")
+    schedule: str = Field("constant", description="learning-rate schedule after warm-up (constant, cosine)")
     batch_per_domain: int = Field(8, ge=2, description="utterances per source domain per step")
-    bonafide_fraction: float = Field(0.5, gt=0, lt=1, description="share of each domain batch that is bona fide")
     class_weights: dict[str, float] | None = Field(
         None, description="cross-entropy weight per class name, e.g. {bonafide: 0.9, spoof: 0.1}"
     )
@@ -83,6 +94,11 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     progress: bool = Field(True, description="show progress bars")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="model-selection method")
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        return registered(SCHEDULES, value)
 
 
 class TrackingConfig(StrictModel):
@@ -487,6 +503,7 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
     extra = [k for k in model if k not in ("backbone", "head")]
     if extra:
         raise ConfigError(f"model.{extra[0]}: unknown key (valid: backbone, head)")
+    data = _moved_keys(data)
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise ConfigError(f"seed: must be an integer from 0 to 2**63 - 1 (got {seed!r})")
@@ -510,6 +527,21 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
         tracking=_validate_section(TrackingConfig, data.get("tracking"), "tracking"),
         source=source,
     )
+
+
+def _moved_keys(data: dict[str, Any]) -> dict[str, Any]:
+    # Keys that moved keep working: train.bonafide_fraction is now the spoof task's (its sampling policy).
+    train = data.get("train")
+    if isinstance(train, dict) and "bonafide_fraction" in train:
+        task = data.get("task")
+        if not isinstance(task, dict) or task.get("name") != "spoof_detection":
+            raise ConfigError("train.bonafide_fraction: moved to task.bonafide_fraction, which only the "
+                              "spoof_detection task has (its sampling policy)")
+        data = {**data, "train": {k: v for k, v in train.items() if k != "bonafide_fraction"}}
+        if "bonafide_fraction" not in task:
+            data["task"] = {**task, "bonafide_fraction": train["bonafide_fraction"]}
+        logging.getLogger(__name__).warning("train.bonafide_fraction is deprecated: write task.bonafide_fraction")
+    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Experiment:

@@ -33,7 +33,7 @@ from metadg.search_space import (
 )
 from metadg.search_storage import masked, open_storage
 from metadg.tracking import Tracker
-from metadg.training import StopRun, Trainer
+from metadg.engine.trainer import StopRun, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,12 @@ def open_study(spec: SearchSpec, tracker: Tracker, worker: int = 0) -> optuna.St
         mark_child_run(tracker, study.user_attrs.get(PARENT_ATTR), trial.number, "FAIL", trial.params, end="FAILED")
 
     storage = open_storage(spec.storage_url, spec.cfg.heartbeat_interval, spec.grace_period, on_stale)
-    study = optuna.create_study(storage=storage, study_name=spec.study_name, direction="minimize",
+    study = optuna.create_study(storage=storage, study_name=spec.study_name, direction=spec.direction,
                                 pruner=build_pruner(spec), load_if_exists=True)
-    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+    if study.direction.name.lower() != spec.direction:
         raise ConfigError(f"{spec.source}: search.study_name: study {spec.study_name!r} in {masked(spec.storage_url)} "
-                          "maximises; metadg minimises its objective: pick another study_name")
+                          f"was created to {study.direction.name.lower()} its objective, this search would "
+                          f"{spec.direction} {spec.objective!r}: pick another study_name")
     # Seeds differ per worker and per resume, or every worker (and every rerun)
     # would draw the same random start-up values again.
     study.sampler = build_sampler(spec, 1000 * worker + len(study.get_trials(deepcopy=False)))
@@ -209,7 +210,7 @@ def make_objective(spec: SearchSpec, tracker: Tracker, parent: str | None) -> Ca
             raise
         finally:
             mark_child_run(tracker, parent, trial.number, state, params)
-        metric = exp.task.cls.selection_metric
+        metric = spec.task().selection_metric
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("eval", {name: m[metric] for name, m in result.eval.items() if metric in m})
         return float(result.dev.get(spec.objective, math.nan))
@@ -263,17 +264,18 @@ def trials_table(spec: SearchSpec, trials: list[FrozenTrial]) -> str:
     A COMPLETE trial shows its value at the selected step (the best one is starred); a
     pruned or failed one shows its best value so far in parentheses and the step it reached.
     """
-    metric = spec.base.task.cls.selection_metric
+    metric = spec.task().selection_metric
     sets = list(dict.fromkeys(s for t in trials for s in t.user_attrs.get("eval", {})))
     cols = ["trial", "state", f"dev {spec.objective}", *[f"{s} {metric}" for s in sets], "step", *spec.params]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = min(complete, key=lambda t: t.value).number if complete else None
+    pick = max if spec.direction == "maximize" else min
+    best = pick(complete, key=lambda t: t.value).number if complete else None
     for t in trials:
         if t.state == TrialState.COMPLETE:
             value, step = f"{t.value:.4f}" + (" *" if t.number == best else ""), t.user_attrs.get("best_step", "-")
         elif t.intermediate_values:
-            value, step = f"({min(t.intermediate_values.values()):.4f})", max(t.intermediate_values)
+            value, step = f"({pick(t.intermediate_values.values()):.4f})", max(t.intermediate_values)
         else:
             value, step = "-", "-"
         evals = t.user_attrs.get("eval", {})

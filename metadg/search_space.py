@@ -115,7 +115,9 @@ class SearchConfig(StrictModel):
     params: dict[str, Any]
     sampler: Any = "tpe"
     pruner: Any = "median"
-    objective: str | None = Field(None, description="dev metric to minimise; default: the task's selection metric")
+    objective: str | None = Field(None, description="dev metric to optimise; default: the task's selection metric")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="whether the objective is minimised or maximised; default: the task's direction for that metric")
     n_trials: int | None = Field(None, ge=1, description="finished (COMPLETE or PRUNED) trials the study should hold")
     timeout: float | None = Field(None, gt=0, description="seconds after which this command starts no new trial")
     storage: str | None = Field(None, description="SQLAlchemy URL or journal:PATH; default sqlite in the study folder")
@@ -137,10 +139,21 @@ class SearchSpec:
     pruner: StrictModel
     cfg: SearchConfig
 
+    def task(self) -> Any:
+        """The base experiment's task (cheap: a task reads no data when built)."""
+        return self.base.task.build(seed=self.base.seed)
+
     @property
     def objective(self) -> str:
-        """The dev metric that is minimised."""
-        return self.cfg.objective or self.base.task.cls.selection_metric
+        """The dev metric that is optimised."""
+        return self.cfg.objective or self.task().selection_metric
+
+    @property
+    def direction(self) -> str:
+        """'minimize' or 'maximize': as configured, else the task's direction for the objective."""
+        if self.cfg.direction is not None:
+            return self.cfg.direction
+        return "maximize" if self.task().direction(self.objective) == "max" else "minimize"
 
     @property
     def study_name(self) -> str:

@@ -10,7 +10,7 @@ from metadg.algorithms.erm import ERM
 from metadg.config import StrictModel, validate_plugin
 from metadg.models import build_model
 from metadg.registry import ADAPTERS, HEADS, MODELS
-from metadg.tasks.base import Batch
+from metadg.engine.batch import Batch
 
 
 def make(adapter_cfg, seed=0, layer="last"):

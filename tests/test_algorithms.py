@@ -14,7 +14,7 @@ from metadg.algorithms.mldg import MLDG, MLDGConfig
 from metadg.config import StrictModel, validate_plugin
 from metadg.models import build_model
 from metadg.registry import ADAPTERS, HEADS, MODELS
-from metadg.tasks.base import Batch
+from metadg.engine.batch import Batch
 
 
 
@@ -141,19 +141,23 @@ def test_mldg_second_order_matches_explicit_hessian():
     assert not torch.allclose(got, grad_f + cfg.beta * grad_g)
 
 
-def test_mldg_meta_test_without_bonafide_uses_only_heldout_spoofs():
+@pytest.mark.parametrize("key", ["meta_test_shared", "meta_test_bonafide"])  # the old name keeps working
+def test_mldg_meta_test_without_shared_samples_uses_only_the_heldout_domains_own(key):
     torch.manual_seed(4)
     net = TinyNet()
     params = trainable(net)
-    batches = make_batches(n_domains=3, n=6)
-    cfg = MLDGConfig(alpha=0.2, beta=0.9, meta_test_bonafide=False)
+    # The policy flags shared samples; here the shared ones are deliberately NOT the label-1 ones,
+    # so a label-based filter would fail this test.
+    batches = {d: Batch(b.inputs, b.labels, None, torch.arange(len(b)) % 3 == 0) for d, b in make_batches(n_domains=3, n=6).items()}
+    cfg = MLDGConfig.model_validate({"alpha": 0.2, "beta": 0.9, key: False})
+    assert cfg.meta_test_shared is False
     algo = MLDG(cfg, net, params, nn.CrossEntropyLoss(), seed=1)
     algo.update(batches)
     train, test = algo.last_split
     b_tr = Batch.cat([batches[d] for d in train])
     b_te = Batch.cat([batches[d] for d in test])
-    spoof = b_te.labels == 0
-    b_te = Batch(b_te.inputs[spoof], b_te.labels[spoof])
+    own = ~b_te.shared
+    b_te = Batch(b_te.inputs[own], b_te.labels[own])
     theta = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
     g_f = torch.autograd.grad(manual_loss(theta, net, b_tr), list(theta.values()))
     theta_prime = {k: (t - cfg.alpha * g).detach().requires_grad_() for (k, t), g in zip(theta.items(), g_f)}

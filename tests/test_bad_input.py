@@ -50,13 +50,14 @@ import torch
 import yaml
 
 import metadg.config
-from metadg.checkpoint import CheckpointError
+from metadg.engine.checkpoint import CheckpointError
 from metadg.cli import main
 from metadg.config import ConfigError, load_config, load_raw, validate_plugin
-from metadg.tasks.spoof.audio import AudioError, load_audio
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError
-from metadg.training import Trainer, load_trained
+from metadg.tasks.audio.loading import AudioError, load_audio
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError
+from metadg.tasks.spoof.labels import normalize_label
+from metadg.engine.trainer import Trainer, load_trained
 
 SR = 16000
 
@@ -182,7 +183,7 @@ def test_unusable_audio_in_a_corpus_is_skipped_and_counted_by_reason(tmp_path):
     lines += [f"{p.relative_to(tmp_path).as_posix()},spoof" for p, _, _ in cases.values() if p.is_file()]
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     spec = {"name": "list", "path": str(tmp_path / "list.csv"), "on_error": "skip"}
-    utts = validate_plugin(CORPORA, spec, "task.eval.x").build().utterances()
+    utts = validate_plugin(CORPORA, spec, "task.eval.x").build().utterances(normalize_label)
     loaded = [utts.try_load(i) for i in range(len(utts))]
     assert [w is not None for w in loaded] == [True, True] + [False] * (len(utts) - 2)
     assert dict(utts.skipped) == {"unreadable audio": 4, "truncated audio": 1, "empty audio": 3,
@@ -257,7 +258,7 @@ def test_hostile_protocol_line_raises_naming_file_and_line(tmp_path, reader, cas
     bad, _, pattern = HOSTILE_LINES[case]
     number = _write_protocol(layout, bad(layout["line"]))
     with pytest.raises(CorpusError, match=rf"{re.escape(layout['file'].name)}:{number}: {pattern}"):
-        validate_plugin(CORPORA, layout["spec"], "task.train").build().utterances()
+        validate_plugin(CORPORA, layout["spec"], "task.train").build().utterances(normalize_label)
 
 
 @pytest.mark.parametrize("reader", sorted(READERS))
@@ -267,7 +268,7 @@ def test_hostile_protocol_line_is_skipped_and_counted(tmp_path, reader, case):
     bad, reason, _ = HOSTILE_LINES[case]
     _write_protocol(layout, bad(layout["line"]))
     corpus = validate_plugin(CORPORA, {**layout["spec"], "on_error": "skip"}, "task.train").build()
-    utts = corpus.utterances()
+    utts = corpus.utterances(normalize_label)
     assert utts.ids == layout["ids"]  # the rows after the bad line are all read
     assert dict(corpus.skips.counts) == {reason: 1}
 
@@ -277,15 +278,15 @@ def test_an_open_quote_does_not_swallow_the_following_rows(tmp_path, reader):
     layout = READERS[reader](tmp_path)
     number = _write_protocol(layout, layout["line"]('"x.wav', "spoof").encode())
     with pytest.raises(CorpusError, match=rf"{layout['file'].name}:{number}: not a valid delimited line"):
-        validate_plugin(CORPORA, layout["spec"], "task.train").build().utterances()
+        validate_plugin(CORPORA, layout["spec"], "task.train").build().utterances(normalize_label)
     corpus = validate_plugin(CORPORA, {**layout["spec"], "on_error": "skip"}, "task.train").build()
-    assert corpus.utterances().ids == layout["ids"] and dict(corpus.skips.counts) == {"malformed line": 1}
+    assert corpus.utterances(normalize_label).ids == layout["ids"] and dict(corpus.skips.counts) == {"malformed line": 1}
 
 
 def test_absolute_path_inside_the_root_is_accepted(tmp_path):
     layout = _list_layout(tmp_path)
     _write_protocol(layout, f"{tmp_path / 'audio' / 'b.wav'},spoof".encode())
-    utts = validate_plugin(CORPORA, layout["spec"], "task.train").build().utterances()
+    utts = validate_plugin(CORPORA, layout["spec"], "task.train").build().utterances(normalize_label)
     assert utts.ids == [str(tmp_path / "audio" / "b"), "audio/a", "audio/b"]
 
 

@@ -65,8 +65,8 @@ def test_rerun_skips_finished_cells(bench_file, monkeypatch):
 def test_an_interrupted_cell_resumes_under_the_same_parent_run(bench_file, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from metadg.resume import StopRequested
-    from metadg.training import Trainer
+    from metadg.engine.resume import StopRequested
+    from metadg.engine.trainer import Trainer
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = ["grid.seed=[0]", "train.steps=4", "tracking.enabled=true", f"tracking.uri={uri}"]

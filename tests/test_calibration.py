@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from metadg.calibration import Calibrator
-from metadg.metrics import act_dcf, cllr, min_dcf
+from metadg.tasks.spoof.calibration import Calibrator
+from metadg.tasks.spoof.metrics import act_dcf, cllr, min_dcf
 
 
 def gaussian_scores(seed: int, n: int, mu_bona=2.0, mu_spoof=-1.0, sd=1.5):

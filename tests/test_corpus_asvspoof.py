@@ -11,8 +11,8 @@ import soundfile as sf
 
 import metadg.tasks.spoof.asvspoof  # noqa: F401  registers the readers
 from metadg.config import validate_plugin
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError
 
 
 def flac(path: Path, samples: int = 160) -> None:

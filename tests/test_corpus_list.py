@@ -10,8 +10,9 @@ import soundfile as sf
 import torch
 
 from metadg.config import ConfigError, validate_plugin
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, normalize_label
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError
+from metadg.tasks.spoof.labels import normalize_label
 
 
 def tone(path, seconds=0.25, sr=16000):
@@ -21,7 +22,7 @@ def tone(path, seconds=0.25, sr=16000):
 
 
 def read(spec):
-    return validate_plugin(CORPORA, {"name": "list", **spec}, "task.train").build().utterances()
+    return validate_plugin(CORPORA, {"name": "list", **spec}, "task.train").build().utterances(normalize_label)
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_bad_rows_are_skipped_and_counted(corpus, caplog):
     plugin = validate_plugin(CORPORA, {"name": "list", "path": str(path), "on_error": "skip"}, "c")
     reader = plugin.build()
     with caplog.at_level(logging.WARNING):
-        utts = reader.utterances()
+        utts = reader.utterances(normalize_label)
     assert utts.ids == ["audio/a", "audio/b"]
     assert dict(reader.skips.counts) == {"unknown label": 1, "missing file": 1, "path outside root": 1, "malformed line": 2}
     assert "skipped 5" in caplog.text
@@ -110,7 +111,7 @@ def lazy_bad(corpus):
 
 
 def test_unusable_audio_raises_naming_the_file(lazy_bad):
-    from metadg.tasks.spoof.audio import AudioError
+    from metadg.tasks.audio.loading import AudioError
 
     utts = read({"path": str(lazy_bad)})
     for name, message in [("corrupt", "unreadable audio"), ("silent", "silent"), ("nan", "NaN or infinite"), ("empty", "empty audio")]:
@@ -120,12 +121,13 @@ def test_unusable_audio_raises_naming_the_file(lazy_bad):
 
 
 def test_unusable_audio_is_skipped_and_counted_when_asked(lazy_bad):
-    from metadg.evaluation import score_utterances
+    from metadg.engine.scoring import score_utterances
     from metadg.tasks.spoof.task import SpoofDetection, SpoofDetectionConfig
-    from metadg.batcher import DomainBatcher
+    from metadg.engine.batcher import DomainBatcher
+    from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
 
     utts = read({"path": str(lazy_bad), "on_error": "skip"})
-    batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5, crop_samples=800, seed=0)
+    batcher = DomainBatcher(utts, partition=partition_by_attack(utts), policy=SharedBonafide(0.5), batch_per_domain=4, crop_samples=800, seed=0)
     for _ in range(10):  # every draw ends up on a usable file
         batch = batcher.next()["A01"]
         assert torch.isfinite(batch.inputs).all() and batch.inputs.abs().amax(1).min() > 0
@@ -147,10 +149,11 @@ def test_unusable_audio_is_skipped_and_counted_when_asked(lazy_bad):
 
 
 def test_workers_count_skips_in_the_main_process(lazy_bad):
-    from metadg.batcher import DomainBatcher
+    from metadg.engine.batcher import DomainBatcher
+    from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
 
     utts = read({"path": str(lazy_bad), "on_error": "skip"})
-    batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5, crop_samples=800, seed=0)
+    batcher = DomainBatcher(utts, partition=partition_by_attack(utts), policy=SharedBonafide(0.5), batch_per_domain=4, crop_samples=800, seed=0)
     steps = batcher.iterate(num_workers=2)
     for _ in range(6):
         batch = next(steps)["A01"]

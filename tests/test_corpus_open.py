@@ -16,8 +16,8 @@ import metadg.tasks.spoof.mlaad  # noqa: F401
 import metadg.tasks.spoof.open_corpora  # noqa: F401
 import metadg.tasks.spoof.wavefake  # noqa: F401
 from metadg.config import ConfigError, validate_plugin
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError
 
 SECONDS = 0.02  # 320 samples at 16 kHz: enough to check resampling, quick to write
 MP3 = "MP3" in sf.available_formats()  # libsndfile >= 1.1 reads and writes MP3

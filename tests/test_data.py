@@ -10,8 +10,8 @@ import soundfile as sf
 
 from metadg.config import validate_plugin
 from metadg.tasks.base import Utterances, fit_length
-from metadg.tasks.spoof.audio import AudioError, load_audio
-from metadg.tasks.spoof.corpora import CORPORA
+from metadg.tasks.audio.loading import AudioError, load_audio
+from metadg.tasks.audio.corpus import CORPORA
 
 
 def test_fit_length_repeat_pads_short_clips():

@@ -16,12 +16,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from metadg import distributed
-from metadg.batcher import DomainBatcher
-from metadg.checkpoint import read_checkpoint
+from metadg.engine import distributed
+from metadg.engine.batcher import DomainBatcher
+from metadg.engine.checkpoint import read_checkpoint
 from metadg.config import build_experiment
-from metadg.resume import StopRequested
-from metadg.training import Trainer
+from metadg.engine.resume import StopRequested
+from metadg.engine.trainer import Trainer
 
 WORLD = 2
 PER_RANK = 4  # batch_per_domain of each rank; the single-process reference uses WORLD × this
@@ -109,7 +109,7 @@ def _rank_main(rank: int, store: str, watched: str, configs: list[dict], queue) 
 def test_global_plan_is_split_evenly_across_ranks(tiny_config):
     exp = build_experiment(tiny_config)
     task = exp.task.build(seed=0)
-    args = dict(domain_key=task.domain_key, bonafide_fraction=0.5, crop_samples=8000, seed=3)
+    args = dict(partition=task.partition(task.train_set()), policy=task.sampling_policy(), crop_samples=8000, seed=3)
     whole = DomainBatcher(task.train_set(), batch_per_domain=WORLD * PER_RANK, **args).plan(5)
     shares = [DomainBatcher(task.train_set(), batch_per_domain=PER_RANK, rank=r, world_size=WORLD, **args).plan(5)
               for r in range(WORLD)]

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from metadg.checkpoint import CheckpointError
+from metadg.engine.checkpoint import CheckpointError
 from metadg.config import build_experiment
-from metadg.evaluation import score_utterances
-from metadg.batcher import DomainBatcher
-from metadg.training import Trainer, load_trained
+from metadg.engine.scoring import score_utterances
+from metadg.engine.batcher import DomainBatcher
+from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
+from metadg.engine.trainer import Trainer, load_trained
 
 
 def read_scores(path: Path) -> dict[str, float]:
@@ -112,7 +113,7 @@ def test_domain_batcher_balances_domains_and_shares_bonafide(tiny_config):
     exp = build_experiment(tiny_config)
     task = exp.task.build(seed=0)
     utts = task.train_set()
-    batcher = DomainBatcher(utts, domain_key="attack", batch_per_domain=6, bonafide_fraction=0.5, crop_samples=1234, seed=0)
+    batcher = DomainBatcher(utts, partition=partition_by_attack(utts), policy=SharedBonafide(0.5), batch_per_domain=6, crop_samples=1234, seed=0)
     batches = batcher.next()
     spoof_attacks = sorted({a for a, y in zip(utts.attrs["attack"], utts.labels) if y == 0})
     assert sorted(batches) == spoof_attacks
@@ -179,7 +180,7 @@ def test_worker_processes_give_the_same_batches(tiny_config):
     task = exp.task.build(seed=0)
 
     def batcher():
-        return DomainBatcher(task.train_set(), domain_key="attack", batch_per_domain=4, bonafide_fraction=0.5,
+        return DomainBatcher(task.train_set(), partition=partition_by_attack(task.train_set()), policy=SharedBonafide(0.5), batch_per_domain=4,
                              crop_samples=2000, seed=3, augment=task.augmentation())
 
     in_process = batcher()

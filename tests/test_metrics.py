@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metadg.metrics import compute_eer, det_curve, eer, per_domain_eer
+from metadg.tasks.spoof.metrics import compute_eer, det_curve, eer, per_domain_eer
 
 
 # ---------------------------------------------------------------------------

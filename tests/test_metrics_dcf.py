@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from metadg.metrics import (
+from metadg.tasks.spoof.metrics import (
     TDCF_2019_COST_MODEL,
     TDCF_2021_COST_MODEL,
     act_dcf,
@@ -372,7 +372,7 @@ def test_validation_errors():
 # DET plot
 # ---------------------------------------------------------------------------
 def test_det_plot_writes_png(tmp_path):
-    from metadg.plots import det_plot
+    from metadg.tasks.spoof.plots import det_plot
 
     rng = np.random.default_rng(0)
     curves = {}
@@ -386,7 +386,7 @@ def test_det_plot_writes_png(tmp_path):
 
 
 def test_det_plot_errors(tmp_path):
-    from metadg.plots import det_plot
+    from metadg.tasks.spoof.plots import det_plot
 
     with pytest.raises(ValueError, match="no curves"):
         det_plot({}, tmp_path / "x.png")

@@ -8,7 +8,7 @@ import pytest
 
 from metadg.bench import expand
 from metadg.config import validate_plugin
-from metadg.params import count
+from metadg.engine.accounting import count
 from metadg.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]

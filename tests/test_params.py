@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from metadg.config import build_experiment
-from metadg.params import count
+from metadg.engine.accounting import count
 
 
 def experiment(tiny_config, backbone, adapter, head=None):

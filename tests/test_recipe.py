@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from metadg.config import build_experiment
-from metadg.evaluation import score_utterances, segments
+from metadg.engine.scoring import score_utterances, segments
 from metadg.models.classifier import Classifier
 from metadg.tasks.base import Utterances
-from metadg.training import Trainer
+from metadg.engine.trainer import Trainer
 
 
 def test_segments_cover_the_wave_and_end_flush():

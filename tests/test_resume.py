@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from metadg.checkpoint import CheckpointError, pack_state, read_checkpoint, save_checkpoint, unpack_state
+from metadg.engine.checkpoint import CheckpointError, pack_state, read_checkpoint, save_checkpoint, unpack_state
 from metadg.config import build_experiment
-from metadg.resume import StopRequested, load_state, rng_state, set_rng_state, state_dir
-from metadg.training import Trainer
+from metadg.engine.resume import StopRequested, load_state, rng_state, set_rng_state, state_dir
+from metadg.engine.trainer import Trainer
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from metadg.config import validate_plugin
-from metadg.evaluation import MAX_PADDING, length_batches, score_utterances
+from metadg.engine.scoring import MAX_PADDING, length_batches, score_utterances
 from metadg.models import build_model
 from metadg.models.classifier import Classifier
 from metadg.registry import HEADS, MODELS

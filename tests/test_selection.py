@@ -6,8 +6,8 @@ import pytest
 
 from metadg.bench import Cell, results_rows
 from metadg.config import ConfigError, SelectionConfig, build_experiment
-from metadg.selection import select
-from metadg.training import Trainer
+from metadg.engine.selection import select
+from metadg.engine.trainer import Trainer
 
 
 def _task(tiny_config):

@@ -15,7 +15,7 @@ from metadg.cli import main
 from metadg.config import build_experiment
 from metadg.tracking_journal import JOURNAL_NAME, read_journal
 from metadg.tracking_server import LocalMlflowServer, free_port
-from metadg.training import Trainer
+from metadg.engine.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from metadg.algorithms.erm import ERM  # noqa: E402
 from metadg.config import StrictModel, validate_plugin  # noqa: E402
 from metadg.models import build_model  # noqa: E402
 from metadg.registry import ADAPTERS, HEADS, MODELS  # noqa: E402
-from metadg.tasks.base import Batch  # noqa: E402
+from metadg.engine.batch import Batch  # noqa: E402
 
 # Training variants, all trained with metadg's ERM and AdamW over adapter.trainable_parameters(model).
 VARIANTS: dict[str, dict[str, Any]] = {

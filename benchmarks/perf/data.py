@@ -57,8 +57,8 @@ def table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
 
 def corpora_registry():
     """metadg's corpus registry with the built-in readers registered (and the ASVspoof one if importable)."""
-    import metadg.tasks.spoof  # noqa: F401  registers the readers
-    from metadg.tasks.spoof.corpora import CORPORA
+    import metadg.tasks  # noqa: F401  registers the readers
+    from metadg.tasks.audio.corpus import CORPORA
 
     note = ""
     try:  # newer than the other readers: trees without it still run the rest
@@ -72,8 +72,12 @@ def corpora_registry():
 def read_corpus(name: str, **cfg: Any):
     """Build reader `name` from config fields and index it (Corpus.read: parse + validate, no audio opened)."""
     CORPORA, _ = corpora_registry()
+    from metadg.tasks.spoof.labels import normalize_label
+
     cls = CORPORA.get(name)
-    return cls(cls.Config(**cfg)).read()
+    corpus = cls(cls.Config(**cfg))
+    corpus.label_map = normalize_label  # these are spoof lists: bonafide/spoof labels
+    return corpus.read()
 
 
 # ---------------------------------------------------------------- 1. indexing
@@ -328,7 +332,7 @@ def sklearn_eer_interp(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def bench_eer(args: argparse.Namespace) -> tuple[str, list[str]]:
     """metadg compute_eer / eer vs two scikit-learn roc_curve EERs, round-robin, median seconds."""
-    from metadg.metrics import compute_eer, eer
+    from metadg.tasks.spoof.metrics import compute_eer, eer
 
     rng = np.random.default_rng(0)
     n_bona = int(args.scores * args.bona_fraction)

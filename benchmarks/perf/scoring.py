@@ -18,8 +18,8 @@ from adapters import build_base  # noqa: E402
 from step_time import quartiles  # noqa: E402
 
 from metadg.config import TrainConfig  # noqa: E402
-from metadg.evaluation import length_batches, score_utterances  # noqa: E402
-from metadg.metrics import compute_eer, min_dcf  # noqa: E402
+from metadg.engine.scoring import length_batches, score_utterances  # noqa: E402
+from metadg.tasks.spoof.metrics import compute_eer, min_dcf  # noqa: E402
 from metadg.tasks.base import Utterances  # noqa: E402
 
 EVAL_BATCH = TrainConfig.model_fields["eval_batch_size"].default

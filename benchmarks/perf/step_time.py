@@ -24,7 +24,7 @@ from metadg.algorithms.mldg import MLDG, MLDGConfig
 from metadg.config import StrictModel, validate_plugin
 from metadg.models import build_model
 from metadg.registry import ADAPTERS, HEADS, MODELS
-from metadg.tasks.base import Batch
+from metadg.engine.batch import Batch
 
 # Train mode everywhere, but dropout, layerdrop and SpecAugment off: layerdrop skips
 # layers at random, which would make step times noisy and the gradient check meaningless.

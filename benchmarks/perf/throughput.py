@@ -19,16 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import CROP, clips, read_corpus  # noqa: E402
 from step_time import build, make_algo, quartiles, train_step, trainable  # noqa: E402
 
-from metadg.batcher import DomainBatcher  # noqa: E402
 from metadg.config import TrainConfig  # noqa: E402
-from metadg.tasks.base import Batch  # noqa: E402
+from metadg.engine.batch import Batch  # noqa: E402
+from metadg.engine.batcher import DomainBatcher  # noqa: E402
+from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack  # noqa: E402
+from metadg.tasks.spoof.task import SpoofDetectionConfig  # noqa: E402
 from metadg.tasks.spoof.rawboost import RawBoost  # noqa: E402
 
 DOMAINS = ("A01", "A02", "A03", "A04")
 TARGET = 3.0  # loader clips/s ÷ model clips/s (issue 6)
 DEFAULT_WORKERS = TrainConfig.model_fields["num_workers"].default
 BATCH_PER_DOMAIN = TrainConfig.model_fields["batch_per_domain"].default
-BONA_FRACTION = TrainConfig.model_fields["bonafide_fraction"].default
+BONA_FRACTION = SpoofDetectionConfig.model_fields["bonafide_fraction"].default
 
 
 def write_corpus(folder: Path, n_clips: int) -> Any:
@@ -47,7 +49,7 @@ def write_corpus(folder: Path, n_clips: int) -> Any:
 
 def make_batcher(utts: Any, per_domain: int) -> DomainBatcher:
     """The training sampler as the Trainer builds it: crop to 64,600 samples, RawBoost algo 5."""
-    return DomainBatcher(utts, domain_key="attack", batch_per_domain=per_domain, bonafide_fraction=BONA_FRACTION,
+    return DomainBatcher(utts, partition=partition_by_attack(utts), policy=SharedBonafide(BONA_FRACTION), batch_per_domain=per_domain,
                          crop_samples=CROP, augment=RawBoost(5), seed=0)
 
 

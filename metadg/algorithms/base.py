@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metadg.config import StrictModel
-from metadg.tasks.base import Batch
+from metadg.engine.batch import Batch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Grads = Sequence[torch.Tensor | None]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from metadg.algorithms.base import Algorithm
 from metadg.registry import ALGORITHMS
-from metadg.tasks.base import Batch
+from metadg.engine.batch import Batch
 
 
 @ALGORITHMS.register("erm")

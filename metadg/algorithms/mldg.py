@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from metadg.algorithms.base import Algorithm, accumulate_grad
 from metadg.config import StrictModel
 from metadg.registry import ALGORITHMS
-from metadg.tasks.base import Batch
+from metadg.engine.batch import Batch
 
 
 class MLDGConfig(StrictModel):
@@ -20,10 +20,13 @@ class MLDGConfig(StrictModel):
     beta: float = Field(1.0, ge=0, description="weight of the meta-test loss G")
     n_meta_test: int = Field(1, ge=1, description="source domains held out as meta-test each step")
     first_order: bool = Field(True, description="drop the Hessian term (∇F treated as constant)")
-    meta_test_bonafide: bool = Field(
+    meta_test_shared: bool = Field(
         True,
-        description="meta-test batches keep their bona fide share; false = judge the virtual step on the held-out "
-        "domain's spoofs only (bona fide is shared by all domains, so it is not what shifts)",
+        # The old name keeps working in configs; it is written out under the new one.
+        validation_alias=AliasChoices("meta_test_shared", "meta_test_bonafide"),
+        description="meta-test batches keep the samples the sampling policy shares across domains (the spoof task's "
+        "bona fide); false = judge the virtual step on the held-out domain's own samples only (what is shared "
+        "by all domains is not what shifts). Formerly meta_test_bonafide",
     )
 
 
@@ -49,10 +52,8 @@ class MLDG(Algorithm):
         self.last_split = (train, test)
         batch_tr = Batch.cat([batches[d] for d in train])
         batch_te = Batch.cat([batches[d] for d in test])
-        if not cfg.meta_test_bonafide:
-            spoof = batch_te.labels == 0
-            lengths = None if batch_te.lengths is None else batch_te.lengths[spoof]
-            batch_te = Batch(batch_te.inputs[spoof], batch_te.labels[spoof], lengths)
+        if not cfg.meta_test_shared:
+            batch_te = batch_te.select(~batch_te.shared_mask())
         names, params = list(self.params), list(self.params.values())
 
         loss_f = self.loss(batch_tr)

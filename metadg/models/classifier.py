@@ -9,12 +9,13 @@ from metadg.config import Plugin
 
 
 class Classifier(nn.Module):
-    """Waveforms → logits; `score()` gives the bona fide log-odds used as detection score."""
+    """Waveforms → (B, C) logits; what a logit means is the task's business."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int = 2) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.num_classes = num_classes
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) → (B, C) logits."""
@@ -23,11 +24,11 @@ class Classifier(nn.Module):
 
     @staticmethod
     def score_from_logits(logits: torch.Tensor) -> torch.Tensor:
-        """Class-1 minus class-0 logit: the log-odds of bona fide (higher = more bona fide)."""
+        """Class-1 minus class-0 logit of a two-class model (the spoof task's bona fide log-odds)."""
         return logits[:, 1] - logits[:, 0]
 
 
 def build_model(backbone: Plugin, head: Plugin, num_classes: int = 2) -> Classifier:
     """Instantiate backbone and head from their validated plugin configs."""
     bb = backbone.build()
-    return Classifier(bb, head.build(bb.out_dim, num_classes))
+    return Classifier(bb, head.build(bb.out_dim, num_classes), num_classes)

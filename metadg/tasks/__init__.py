@@ -1,6 +1,6 @@
-"""Task plugins (DG problems)."""
+"""Task plugins (DG problems) and the corpora they read."""
 
-from metadg.tasks import spoof  # noqa: F401  registers the built-in tasks
-from metadg.tasks.base import Batch, Task, Utterances
+from metadg.tasks import audio, classification, spoof  # noqa: F401  registers the built-in tasks and corpora
+from metadg.tasks.base import Batch, Headline, Task, Utterances
 
-__all__ = ["Batch", "Task", "Utterances"]
+__all__ = ["Batch", "Headline", "Task", "Utterances"]

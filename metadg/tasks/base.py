@@ -1,157 +1,79 @@
-"""The task contract: labelled utterances with domain attributes, batches, metrics."""
+"""The Task contract: a DG problem decides its data, classes, domains, sampling, metrics, selection and outputs.
+
+The engine moves utterances and (N, C) logits and asks the task everything that
+depends on what a class means. A task's `__init__` must be cheap (no data read):
+the CLI and the benchmark build tasks only to ask for names and directions.
+"""
 
 from __future__ import annotations
 
+import csv
 from abc import ABC, abstractmethod
-import logging
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
-log = logging.getLogger(__name__)
+from metadg.config import ConfigError
+from metadg.engine.batch import Batch
+from metadg.engine.sampling import ClassBalanced, Partition, SamplingPolicy
+from metadg.engine.utterances import LoadError, Utterances, fit_length
+
+__all__ = ["Batch", "Headline", "LoadError", "Task", "Utterances", "fit_length", "softmax"]
+
+Direction = Literal["min", "max"]
 
 
-@dataclass
-class Batch:
-    """Fixed-size model input: waveforms (B, T), integer labels (B,), optional valid lengths."""
+@dataclass(frozen=True)
+class Headline:
+    """A metric the CLI prints and benchmark tables show, per evaluated set."""
 
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    lengths: torch.Tensor | None = None
+    key: str  # key in the task's metrics dict, e.g. "eer"
+    label: str  # printed name, e.g. "EER"
+    column: str  # benchmark-table column suffix, e.g. "eer_%" → "dev_eer_%", "seen_eer_%"
+    scale: float = 1.0  # shown value = scale × metric (100 for percentages)
+    unit: str = ""  # printed after the value, e.g. " %"
+    higher_is_better: bool = False
 
-    def to(self, device: torch.device | str) -> Batch:
-        """Move every tensor to `device`."""
-        lengths = None if self.lengths is None else self.lengths.to(device)
-        return Batch(self.inputs.to(device), self.labels.to(device), lengths)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @staticmethod
-    def cat(batches: Sequence[Batch]) -> Batch:
-        """Concatenate batches along the batch axis (pooling domains)."""
-        lengths = None
-        if any(b.lengths is not None for b in batches):
-            lengths = torch.cat([
-                b.lengths if b.lengths is not None else torch.full((len(b),), b.inputs.shape[-1]) for b in batches
-            ])
-        return Batch(torch.cat([b.inputs for b in batches]), torch.cat([b.labels for b in batches]), lengths)
+    def show(self, value: float) -> str:
+        """'20.67 %'."""
+        return f"{self.scale * value:.2f}{self.unit}"
 
 
-def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Repeat-pad a short clip, then crop to `n_samples` (random offset if `rng`, else from the start)."""
-    if wave.size == 0:
-        raise ValueError("cannot fit an empty waveform to a fixed length")
-    if wave.shape[0] < n_samples:
-        wave = np.tile(wave, -(-n_samples // wave.shape[0]))
-    start = 0
-    if rng is not None and wave.shape[0] > n_samples:
-        start = int(rng.integers(0, wave.shape[0] - n_samples + 1))
-    return wave[start : start + n_samples]
-
-
-class LoadError(ValueError):
-    """An utterance whose audio cannot be used (unreadable, empty, silent, NaN); names the file."""
-
-    def __init__(self, message: str, reason: str = "unusable audio") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class Utterances:
-    """A labelled list of utterances with string attributes, audio loaded on demand."""
-
-    def __init__(
-        self,
-        ids: Sequence[str],
-        labels: Sequence[int] | np.ndarray,
-        attrs: dict[str, Sequence[str]],
-        loader: Callable[[int], np.ndarray],
-        name: str = "",
-        on_error: str = "raise",
-    ) -> None:
-        self.on_error = on_error
-        #: utterances whose audio failed to load under on_error: skip, by reason
-        self.skipped: Counter[str] = Counter()
-        self.ids = list(ids)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.attrs = {k: list(v) for k, v in attrs.items()}
-        self.loader = loader
-        self.name = name
-        n = len(self.ids)
-        if self.labels.shape != (n,):
-            raise ValueError(f"{name or 'utterances'}: {n} ids but {self.labels.shape[0]} labels")
-        for key, values in self.attrs.items():
-            if len(values) != n:
-                raise ValueError(f"{name or 'utterances'}: attribute {key!r} has {len(values)} values for {n} ids")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def load(self, index: int) -> np.ndarray:
-        """Waveform of utterance `index` as float32 mono at the library's sample rate."""
-        return self.loader(index)
-
-    def try_load(self, index: int) -> np.ndarray | None:
-        """Like `load`, but under on_error: skip a bad file is counted and gives None."""
-        try:
-            return self.loader(index)
-        except LoadError as exc:
-            if self.on_error != "skip":
-                raise
-            reason = exc.reason
-            if not self.skipped:
-                log.warning("%s: skipping unusable audio (on_error: skip): %s", self.name or "utterances", exc)
-            self.skipped[reason] += 1
-            return None
-
-    def attr(self, key: str) -> list[str]:
-        """Column of attribute `key`; the error lists the attributes that exist."""
-        if key not in self.attrs:
-            raise KeyError(f"{self.name or 'utterances'}: no attribute {key!r} (have: {', '.join(sorted(self.attrs))})")
-        return self.attrs[key]
-
-    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> Utterances:
-        """A view on some utterances; audio still comes from the parent's loader."""
-        idx = [int(i) for i in indices]
-        sub = Utterances(
-            [self.ids[i] for i in idx],
-            self.labels[idx],
-            {k: [v[i] for i in idx] for k, v in self.attrs.items()},
-            _SubsetLoader(self.loader, idx),
-            name if name is not None else self.name,
-            self.on_error,
-        )
-        sub.skipped = self.skipped  # one tally per corpus, whichever view hit the bad file
-        return sub
-
-
-@dataclass
-class _SubsetLoader:
-    # A class, not a lambda, so subsets stay picklable for data-loader workers.
-    parent: Callable[[int], np.ndarray]
-    indices: list[int]
-
-    def __call__(self, index: int) -> np.ndarray:
-        return self.parent(self.indices[index])
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits in float64 (NaN rows stay NaN)."""
+    z = logits - np.nanmax(logits, axis=1, keepdims=True) if logits.size else logits
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 class Task(ABC):
-    """A domain-generalization problem: source domains to train on, dev and eval sets, metrics."""
+    """A domain-generalization problem: source domains to train on, dev and eval sets, metrics, outputs."""
 
     Config: type[BaseModel]
-    num_classes: int = 2
-    #: metric used for model selection; lower is better
-    selection_metric: str = "eer"
+    #: the metrics printed by `metadg run`/`eval` and tabulated by `metadg bench`
+    headline: tuple[Headline, ...] = ()
+    #: metric names (before any '/') for which a larger value is better
+    higher_is_better: frozenset[str] = frozenset()
 
     def __init__(self, cfg: BaseModel, *, seed: int = 0) -> None:
         self.cfg = cfg
         self.seed = seed
+
+    # ------------------------------------------------------------ data
+
+    @property
+    @abstractmethod
+    def class_names(self) -> tuple[str, ...]:
+        """Name of each class; label i means class_names[i]."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the width of the model's logits."""
+        return len(self.class_names)
 
     @property
     @abstractmethod
@@ -160,7 +82,7 @@ class Task(ABC):
 
     @abstractmethod
     def train_set(self) -> Utterances:
-        """Training utterances; domains are the values of `domain_key`."""
+        """Training utterances of the source domains."""
 
     @abstractmethod
     def dev_set(self) -> Utterances:
@@ -175,18 +97,68 @@ class Task(ABC):
     def crop_samples(self) -> int:
         """Training crop length in samples."""
 
-    @abstractmethod
-    def metrics(self, scores: np.ndarray, utts: Utterances, llr: np.ndarray | None = None) -> dict[str, float]:
-        """Metrics of `scores` on `utts`; must include `selection_metric`; `llr` = calibrated scores if any."""
+    def partition(self, utts: Utterances) -> Partition:
+        """The split of `utts` into domains; default: each utterance's `domain_key` value, nothing shared."""
+        return Partition.by_attribute(utts.attr(self.domain_key), self.domain_key, utts.name or "utterances")
 
-    def fit_calibration(self, scores: np.ndarray, utts: Utterances) -> Any:
-        """An object with transform(scores) → calibrated scores and to_dict(), fitted on dev; None = no calibration."""
-        return None
+    def sampling_policy(self) -> SamplingPolicy:
+        """What a step's per-domain batch is made of; default class-balanced per domain."""
+        return ClassBalanced()
 
     def augmentation(self) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
         """Applied to each training crop with the batcher's generator; None = no augmentation."""
         return None
 
     def class_index(self, name: str) -> int:
-        """Index of a class name used in config (e.g. class_weights keys)."""
-        raise KeyError(name)
+        """Index of a class name used in config (e.g. train.class_weights keys)."""
+        if name not in self.class_names:
+            raise ConfigError(f"train.class_weights: unknown class {name!r} (valid: {', '.join(self.class_names)})")
+        return self.class_names.index(name)
+
+    # ------------------------------------------------------------ metrics and selection
+
+    @abstractmethod
+    def metrics(self, logits: np.ndarray, utts: Utterances, calibration: dict[str, Any] | None = None) -> dict[str, float]:
+        """Metrics of (N, C) `logits` on `utts` (NaN rows: skipped utterances); must include `selection_metric`."""
+
+    @property
+    @abstractmethod
+    def selection_metric(self) -> str:
+        """The dev metric that picks the best checkpoint."""
+
+    def direction(self, metric: str) -> Direction:
+        """'max' when a larger `metric` is better, else 'min' (per-domain keys 'accuracy/a' follow 'accuracy')."""
+        return "max" if metric.split("/", 1)[0] in self.higher_is_better else "min"
+
+    def fit_calibration(self, logits: np.ndarray, utts: Utterances) -> dict[str, Any] | None:
+        """Calibration fitted on dev logits, saved in the checkpoint and handed to `metrics`; None = none."""
+        return None
+
+    # ------------------------------------------------------------ outputs
+
+    def write_set(self, directory: Path, name: str, utts: Utterances, logits: np.ndarray,
+                  calibration: dict[str, Any] | None = None) -> list[Path]:
+        """Files written per evaluated set; default `<name>.csv`: utterance, label, prediction, logits."""
+        path = directory / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(utts.attrs)
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["utt", "label", "predicted", *(f"logit_{c}" for c in self.class_names), *keys])
+            for i, utt in enumerate(utts.ids):
+                if not np.isfinite(logits[i]).all():  # skipped under on_error: skip: no prediction
+                    continue
+                writer.writerow([utt, self.class_names[utts.labels[i]], self.class_names[int(np.argmax(logits[i]))],
+                                 *(f"{v:.6f}" for v in logits[i]), *(utts.attrs[k][i] for k in keys)])
+        return [path]
+
+    def write_summary(self, directory: Path, scored: dict[str, tuple[Utterances, np.ndarray]]) -> list[Path]:
+        """Files over every evaluated set (plots), logged as artifacts; default none."""
+        return []
+
+    def score_table(self, logits: np.ndarray, meta: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        """Columns and rows that `metadg score` writes per file; default: predicted class and probabilities."""
+        probs = softmax(np.asarray(logits, dtype=np.float64))
+        header = ["predicted", *(f"p_{c}" for c in self.class_names)]
+        rows = [[self.class_names[int(np.argmax(p))], *(f"{v:.6f}" for v in p)] for p in probs]
+        return header, rows

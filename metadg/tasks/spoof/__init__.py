@@ -2,11 +2,10 @@
 
 from metadg.tasks.spoof import (  # noqa: F401  registers plugins
     asvspoof,
-    corpora,
+    synthetic_corpus,
     fake_or_real,
     fakeavceleb,
     in_the_wild,
-    list_corpus,
     mlaad,
     task,
     wavefake,

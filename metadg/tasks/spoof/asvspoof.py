@@ -7,8 +7,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpus, FileCorpusConfig, Row, normalize_label
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError, FileCorpus, FileCorpusConfig, Row
+from metadg.tasks.spoof.labels import normalize_label
 
 Split = Literal["train", "dev", "eval"]
 _KEYS: dict[str, int] = {"bonafide": 1, "spoof": 0}  # the keys every ASVspoof file uses; others go the slow way
@@ -17,6 +18,7 @@ _KEYS: dict[str, int] = {"bonafide": 1, "spoof": 0}  # the keys every ASVspoof f
 class _Protocol(FileCorpus):
     """Shared parts of the ASVspoof readers: whitespace-split lines of a fixed field count."""
 
+    default_label_map = normalize_label
     #: field counts a protocol line may have
     n_fields: ClassVar[tuple[int, ...]] = ()
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpusConfig, Row
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError, FileCorpusConfig, Row
 from metadg.tasks.spoof.open_corpora import BONAFIDE, OpenCorpus, Parts, audio_files, locate
 
 # Released archives unpack for-2sec and for-rerec under longer names (for-2sec/for-2seconds/...).

@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import Field
 
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpusConfig, Row
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError, FileCorpusConfig, Row
 from metadg.tasks.spoof.open_corpora import BONAFIDE, OpenCorpus, Parts, locate, stem_id
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpusConfig, Row, normalize_label
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError, FileCorpusConfig, Row
+from metadg.tasks.spoof.labels import normalize_label
 from metadg.tasks.spoof.open_corpora import BONAFIDE, OpenCorpus, Parts, locate, stem_id
 
 

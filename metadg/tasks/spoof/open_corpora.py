@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metadg.tasks.base import Utterances
-from metadg.tasks.spoof.file_corpus import FileCorpus, FileLoader, Row, SkipReport
+from metadg.engine.utterances import Utterances
+from metadg.tasks.audio.file_corpus import FileCorpus, FileLoader, Row, SkipReport
+from metadg.tasks.spoof.labels import normalize_label
 
 BONAFIDE = "-"  # attack value of bona fide rows: filters always keep it
 
@@ -47,6 +48,7 @@ class OpenCorpus(FileCorpus):
     """Base of these readers: rows drawn from several roots, each indexed under its own."""
 
     _part_rows: Callable[[], Iterator[Row]] | None = None
+    default_label_map = normalize_label
 
     def parts(self) -> Parts:
         """(root, rows) per source folder; paths of each source must stay inside its own root."""

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from metadg.config import ConfigError, StrictModel, validate_plugin
-from metadg.calibration import Calibrator
-from metadg.metrics import act_dcf, cllr, compute_eer, min_dcf, per_domain_eer
+from metadg.config import ConfigError, StrictModel
+from metadg.engine.sampling import Partition
+from metadg.engine.scoring import class_log_odds
 from metadg.registry import TASKS, unknown_name_message
-from metadg.tasks.base import Task, Utterances
-from metadg.tasks.spoof.corpora import CORPORA
+from metadg.tasks.audio.corpus import corpus_spec, read_corpus
+from metadg.tasks.base import Headline, Task, Utterances
+from metadg.tasks.spoof.calibration import Calibrator
+from metadg.tasks.spoof.labels import CLASS_NAMES, normalize_label
+from metadg.tasks.spoof.metrics import act_dcf, cllr, compute_eer, min_dcf, per_domain_eer
 from metadg.tasks.spoof.rawboost import RawBoost, RawBoostConfig
+from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
+from metadg.tasks.spoof.score_files import det_png, write_scores
 
-CLASS_NAMES = ("spoof", "bonafide")  # index = label: 1 = bona fide, 0 = spoof
 
-
-def _corpus_spec(value: Any, where: str) -> dict[str, Any]:
-    # ConfigError is a ValueError: pydantic wraps it and the formatter keeps its path.
-    return validate_plugin(CORPORA, value, where).as_dict()
+_corpus_spec = corpus_spec
 
 
 class AugmentConfig(StrictModel):
@@ -41,6 +43,7 @@ class SpoofDetectionConfig(StrictModel):
     domain_key: str = Field("attack", description="utterance attribute whose values are the DG domains")
     domains: list[str] | None = Field(None, description="source domains to train on; default: all in train")
     share_bonafide: bool = Field(True, description="bona fide is one pool shared by all domain batches")
+    bonafide_fraction: float = Field(0.5, gt=0, lt=1, description="share of each domain batch that is bona fide")
     crop_samples: int = Field(64600, ge=400, description="training crop length (repeat-padded when shorter)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentation, e.g. {rawboost: 5}")
     calibrate: bool = Field(
@@ -65,6 +68,8 @@ class SpoofDetection(Task):
     """Speech deepfake detection; EER overall and per domain (official ASVspoof procedure)."""
 
     Config = SpoofDetectionConfig
+    headline = (Headline("eer", "EER", "eer_%", scale=100.0, unit=" %"),)
+    class_names = CLASS_NAMES
     selection_metric = "eer"
 
     def __init__(self, cfg: SpoofDetectionConfig, *, seed: int = 0) -> None:
@@ -83,11 +88,7 @@ class SpoofDetection(Task):
 
     @staticmethod
     def _read(spec: dict[str, Any], where: str) -> Utterances:
-        plugin = validate_plugin(CORPORA, spec, where)
-        try:
-            return plugin.build().utterances()
-        except ConfigError as exc:  # e.g. a filter on an attribute the corpus lacks
-            raise ConfigError(f"{where}.{exc}") from None
+        return read_corpus(spec, where, normalize_label)
 
     @cached_property
     def _train(self) -> Utterances:
@@ -117,11 +118,21 @@ class SpoofDetection(Task):
         """Named evaluation sets, read in config order."""
         return {name: self._read(spec, f"task.eval.{name}") for name, spec in self.cfg.eval.items()}
 
-    def metrics(self, scores: np.ndarray, utts: Utterances, llr: np.ndarray | None = None) -> dict[str, float]:
-        """EER (and threshold), minDCF, per-domain EER; actDCF and Cllr when calibrated `llr` are given.
+    def partition(self, utts: Utterances) -> Partition:
+        """Spoofs by their `domain_key` value (the attack); bona fide shared by all domains unless `share_bonafide` is off."""
+        return partition_by_attack(utts, self.domain_key, self.cfg.share_bonafide)
+
+    def sampling_policy(self) -> SharedBonafide:
+        """Each domain's spoofs plus `bonafide_fraction` of bona fide per batch."""
+        return SharedBonafide(self.cfg.bonafide_fraction)
+
+    def metrics(self, logits: np.ndarray, utts: Utterances, calibration: dict[str, Any] | None = None) -> dict[str, float]:
+        """EER (and threshold), minDCF, per-domain EER; actDCF and Cllr on LLRs when a calibration is given.
 
         Utterances skipped under on_error: skip (NaN scores) are left out and counted as `skipped`.
         """
+        scores = class_log_odds(logits)
+        llr = Calibrator.from_dict(calibration).transform(scores) if calibration else None
         ok = np.isfinite(scores)
         labels = utts.labels[ok]
         bona, spoof = scores[ok][labels == 1], scores[ok][labels == 0]
@@ -136,21 +147,37 @@ class SpoofDetection(Task):
                 out[f"eer/{domain}"] = value
         return out
 
-    def fit_calibration(self, scores: np.ndarray, utts: Utterances) -> Calibrator | None:
+    def fit_calibration(self, logits: np.ndarray, utts: Utterances) -> dict[str, Any] | None:
         """Score → LLR map fitted on `utts` (the dev set), when `calibrate` is on."""
         if not self.cfg.calibrate:
             return None
+        scores = class_log_odds(logits)
         ok = np.isfinite(scores)
-        return Calibrator(p_spoof=0.05).fit(scores[ok], utts.labels[ok])
+        return Calibrator(p_spoof=0.05).fit(scores[ok], utts.labels[ok]).to_dict()
+
+    def write_set(self, directory: Path, name: str, utts: Utterances, logits: np.ndarray,
+                  calibration: dict[str, Any] | None = None) -> list[Path]:
+        """`utt score` (ASVspoof 2019/2021 layout), the analysis CSV, and the ASVspoof 5 TSV for that corpus."""
+        scores = class_log_odds(logits)
+        llr = Calibrator.from_dict(calibration).transform(scores) if calibration else None
+        return write_scores(directory, name, utts, scores, llr)
+
+    def write_summary(self, directory: Path, scored: dict[str, tuple[Utterances, np.ndarray]]) -> list[Path]:
+        """det.png: one DET curve per set with both classes."""
+        det = det_png(directory / "det.png", {n: (u, class_log_odds(x)) for n, (u, x) in scored.items()}) if scored else None
+        return [det] if det is not None else []
+
+    def score_table(self, logits: np.ndarray, meta: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        """score (bona fide log-odds), calibrated LLR if the checkpoint has a calibration, decision at the dev EER threshold."""
+        scores = class_log_odds(np.asarray(logits))
+        threshold = float(meta.get("dev", {}).get("eer_threshold", 0.0))
+        llrs = Calibrator.from_dict(meta["calibration"]).transform(scores) if meta.get("calibration") else None
+        rows = [[f"{s:.6f}", "" if llrs is None else f"{llrs[i]:.6f}", "bonafide" if s > threshold else "spoof"]
+                for i, s in enumerate(scores)]
+        return ["score", "llr", "decision"], rows
 
     def augmentation(self) -> RawBoost | None:
         """RawBoost on training crops, when configured."""
         rb = self.cfg.augment.rawboost
         cfg = rb if isinstance(rb, RawBoostConfig) else RawBoostConfig(algo=rb)
         return RawBoost.from_config(cfg) if cfg.algo else None
-
-    def class_index(self, name: str) -> int:
-        """'bonafide' → 1, 'spoof' → 0."""
-        if name not in CLASS_NAMES:
-            raise ConfigError(f"train.class_weights: unknown class {name!r} (valid: {', '.join(CLASS_NAMES)})")
-        return CLASS_NAMES.index(name)

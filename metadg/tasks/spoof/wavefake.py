@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import CorpusError, FileCorpusConfig, Row
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import CorpusError, FileCorpusConfig, Row
 from metadg.tasks.spoof.open_corpora import BONAFIDE, OpenCorpus, Parts, audio_files, locate, stem_id
 
 

@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from metadg.metrics import _as_labels, _as_scores
+from metadg.tasks.spoof.metrics import _as_labels, _as_scores
 
 __all__ = ["Calibrator"]
 

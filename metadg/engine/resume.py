@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metadg.checkpoint import CheckpointError, pack_state, read_checkpoint, save_checkpoint, unpack_state
+from metadg.engine.checkpoint import CheckpointError, pack_state, read_checkpoint, save_checkpoint, unpack_state
 
 STATE_DIR = ("checkpoints", "last")
 

@@ -11,13 +11,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from metadg.tasks.base import Batch, LoadError, Utterances, fit_length
+from metadg.engine.batch import Batch
+from metadg.engine.sampling import ClassBalanced, Draw, Partition, SamplingPolicy
+from metadg.engine.utterances import LoadError, Utterances, fit_length
 
 log = logging.getLogger(__name__)
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-# One sample of a step: (domain, is_bona_fide, utterance index, sample seed).
-Entry = tuple[str, bool, int, int]
+# One sample of a step: (domain, index of its Draw in the domain's list, utterance index, sample seed).
+Entry = tuple[str, int, int, int]
 
 
 class SampleMaker:
@@ -45,64 +47,55 @@ class SampleMaker:
 
 
 class DomainBatcher:
-    """Draws one batch per source domain each step; bona fide comes from a shared pool by default.
+    """Draws one batch per source domain each step, as the task's partition and sampling policy say.
 
     Under data parallelism (`world_size` ranks) `batch_per_domain` is per rank:
-    step k's global plan of `world_size` × the per-rank bona fide and spoof
-    counts is drawn once from (seed, k), alike on every rank, and rank r keeps
-    entries r, r + world_size, ... of each domain's bona fide and of its spoofs. The mean of the
-    ranks' losses is then the loss of the global batch.
+    step k's global plan of `world_size` × each Draw's count is drawn once from
+    (seed, k), alike on every rank, and rank r keeps entries r, r + world_size, ...
+    of each Draw. The mean of the ranks' losses is then the loss of the global batch.
     """
 
     def __init__(
         self,
         utts: Utterances,
         *,
-        domain_key: str,
+        partition: Partition,
         batch_per_domain: int,
-        bonafide_fraction: float,
         crop_samples: int,
-        share_bonafide: bool = True,
+        policy: SamplingPolicy | None = None,
         augment: Augment | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         self.utts = utts
+        self.partition = partition
         self.rank, self.world_size = rank, world_size
         self.maker = SampleMaker(utts, crop_samples, augment)
-        self.n_bona = min(batch_per_domain - 1, max(1, round(batch_per_domain * bonafide_fraction)))
-        self.n_spoof = batch_per_domain - self.n_bona
-        values = np.asarray(utts.attr(domain_key), dtype=object)
-        spoof = utts.labels == 0
-        self.domains = sorted({str(v) for v in values[spoof]})
+        self.domains = list(partition.domains)
         if not self.domains:
-            raise ValueError(f"{utts.name}: no spoof utterances, so no '{domain_key}' domains to train on")
-        self.spoof_pools = {d: np.flatnonzero(spoof & (values == d)) for d in self.domains}
-        bona = utts.labels == 1
-        if share_bonafide:
-            pool = np.flatnonzero(bona)
-            self.bona_pools = {d: pool for d in self.domains}
-        else:
-            self.bona_pools = {d: np.flatnonzero(bona & (values == d)) for d in self.domains}
-        empty = [d for d, p in self.bona_pools.items() if p.size == 0]
+            raise ValueError(f"{utts.name}: no domains to train on")
+        policy = policy if policy is not None else ClassBalanced()
+        self.draws: dict[str, list[Draw]] = policy.draws(utts.labels, partition, batch_per_domain, utts.name)
+        empty = sorted({draw.what for d in self.domains for draw in self.draws[d] if draw.pool.size == 0})
         if empty:
-            raise ValueError(f"{utts.name}: no bona fide utterances for domain(s) {empty}")
+            raise ValueError(f"{utts.name}: no utterances to draw for {', '.join(empty)}")
         self.seed = seed
         self.consumed = 0  # steps assembled so far: the sampler position a resumed run restarts from
         self.removed: set[int] = set()
 
     def plan(self, index: int | None = None) -> list[Entry]:
-        """This rank's samples of step `index` (default: the next one): per domain, bona fide first, then its spoofs."""
+        """This rank's samples of step `index` (default: the next one): per domain, its Draws in order."""
         # Each step has its own generator, seeded by (seed, step): a plan does not
         # depend on how far a data loader prefetched, and resuming needs only the step.
         rng = np.random.default_rng([self.seed, self.consumed if index is None else index])
         entries: list[Entry] = []
         mine = slice(self.rank, None, self.world_size)
         for d in self.domains:
-            for bona, pool, n in ((True, self.bona_pools[d], self.n_bona), (False, self.spoof_pools[d], self.n_spoof)):
-                total = n * self.world_size
-                drawn = [(d, bona, int(i), int(rng.integers(2**63))) for i in rng.choice(pool, size=total, replace=pool.size < total)]
+            for k, draw in enumerate(self.draws[d]):
+                total = draw.count * self.world_size
+                picked = rng.choice(draw.pool, size=total, replace=draw.pool.size < total, p=draw.weights)
+                drawn = [(d, k, int(i), int(rng.integers(2**63))) for i in picked]
                 entries += drawn[mine]
         return entries
 
@@ -110,6 +103,7 @@ class DomainBatcher:
         """{domain: Batch} from made samples; an unusable one is counted and replaced here, in the main process."""
         crops: dict[str, list[np.ndarray]] = {d: [] for d in self.domains}
         labels: dict[str, list[int]] = {d: [] for d in self.domains}
+        index: dict[str, list[int]] = {d: [] for d in self.domains}
         for entry, crop in made:
             while isinstance(crop, str):
                 if not self.utts.skipped:
@@ -119,8 +113,10 @@ class DomainBatcher:
                 crop = self.maker(entry)
             crops[entry[0]].append(crop)
             labels[entry[0]].append(int(self.utts.labels[entry[2]]))
+            index[entry[0]].append(entry[2])
         self.consumed += 1
-        return {d: Batch(torch.from_numpy(np.stack(crops[d])), torch.tensor(labels[d])) for d in self.domains}
+        shared = {d: torch.from_numpy(self.partition.shared[index[d]]) for d in self.domains}
+        return {d: Batch(torch.from_numpy(np.stack(crops[d])), torch.tensor(labels[d]), None, shared[d]) for d in self.domains}
 
     def next(self) -> dict[str, Batch]:
         """One step's batches, loaded in this process."""
@@ -141,21 +137,20 @@ class DomainBatcher:
             yield self.assemble(made)
 
     def _replace(self, entry: Entry) -> Entry:
-        # Under on_error: skip an unusable file leaves its pool for good and a
-        # replacement is drawn from the same pool (under raise, try_load raised).
-        domain, bona, index, _ = entry
-        pools = self.bona_pools if bona else self.spoof_pools
-        bad = pools[domain]
-        self.removed.add(index)
-        kept = bad[bad != index]
-        for d, pool in pools.items():
-            if pool is bad:  # a shared bona fide pool is one object: update it everywhere
-                pools[d] = kept
-        if kept.size == 0:
-            kind = "bona fide" if bona else f"spoof {domain!r}"
-            raise ValueError(f"{self.utts.name}: every {kind} utterance is unusable ({dict(self.utts.skipped)})")
+        # Under on_error: skip an unusable file leaves every pool for good and a
+        # replacement is drawn from the same Draw (under raise, the loader raised).
+        domain, part, index, _ = entry
+        draw = self.draws[domain][part]
+        self._remove(index)
+        if draw.pool.size == 0:
+            raise ValueError(f"{self.utts.name}: every {draw.what} utterance is unusable ({dict(self.utts.skipped)})")
         rng = np.random.default_rng([entry[3], index])  # a replacement is a function of what it replaces
-        return domain, bona, int(rng.choice(kept)), int(rng.integers(2**63))
+        return domain, part, int(rng.choice(draw.pool, p=draw.weights)), int(rng.integers(2**63))
+
+    def _remove(self, index: int) -> None:
+        self.removed.add(index)
+        for draw in {id(x): x for d in self.domains for x in self.draws[d]}.values():  # shared Draws once
+            draw.remove(index)
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler position: steps consumed and the files found unusable so far."""
@@ -165,10 +160,7 @@ class DomainBatcher:
         """Continue from a saved position (before `iterate` starts)."""
         self.consumed = int(state["consumed"])
         for index in state["removed"]:
-            for pools in (self.bona_pools, self.spoof_pools):
-                for d, pool in pools.items():
-                    pools[d] = pool[pool != index]
-        self.removed = set(state["removed"])
+            self._remove(int(index))
 
 
 def _ignore_sigint(worker_id: int) -> None:

@@ -1,61 +1,15 @@
-"""Corpus readers of the spoof task, each registered by name."""
+"""`synthetic`: the built-in synthetic spoofing corpus as a registered corpus reader."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
-from metadg.config import ConfigError, StrictModel
-from metadg.registry import Registry, unknown_name_message
-from metadg.tasks.base import Utterances
-
-CORPORA: Registry[type] = Registry("corpus", "metadg.corpora")
-
-
-class CorpusConfig(StrictModel):
-    """Fields every corpus accepts."""
-
-    filters: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="keep utterances whose attribute is in the list, e.g. {attack: [A01, A02]}; "
-        "bona fide rows whose attribute is '-' are always kept",
-    )
-
-
-class Corpus:
-    """Base of corpus readers: `utterances()` returns the labelled list."""
-
-    Config: type[CorpusConfig] = CorpusConfig
-
-    def __init__(self, cfg: CorpusConfig) -> None:
-        self.cfg = cfg
-
-    def read(self) -> Utterances:
-        """The corpus' utterances before filters."""
-        raise NotImplementedError
-
-    def utterances(self) -> Utterances:
-        """The corpus' utterances with `filters` applied."""
-        utts = self.read()
-        keep = np.ones(len(utts), dtype=bool)
-        for key, allowed in self.cfg.filters.items():
-            if key not in utts.attrs:
-                raise ConfigError(f"filters.{key}: {unknown_name_message('attribute', key, sorted(utts.attrs))}")
-            values = utts.attr(key)
-            allowed_set = set(map(str, allowed))
-            keep &= np.array([v in allowed_set or v == "-" for v in values], dtype=bool)
-        utts.on_error = getattr(self.cfg, "on_error", "raise")
-        return utts if keep.all() else utts.subset(np.flatnonzero(keep))
-
-
-def default_cache_dir() -> Path:
-    """$METADG_CACHE, else ~/.cache/metadg."""
-    return Path(os.environ.get("METADG_CACHE") or Path.home() / ".cache" / "metadg")
-
+from metadg.engine.utterances import ArrayLoader, Utterances
+from metadg.registry import unknown_name_message
+from metadg.tasks.audio.corpus import CORPORA, Corpus, CorpusConfig, default_cache_dir  # noqa: F401  old home of these names
 
 class SyntheticConfig(CorpusConfig):
     """The built-in synthetic corpus: speech-like bona fide vs several synthesis attacks."""
@@ -111,15 +65,7 @@ class SyntheticCorpus(Corpus):
             split.ids,
             split.labels,
             {"attack": split.attacks, "speaker": split.speakers, "corpus": ["synthetic"] * len(split.ids)},
-            _ArrayLoader(waves),
+            ArrayLoader(waves),
             name=f"synthetic/{cfg.split}",
         )
 
-
-class _ArrayLoader:
-    # Picklable row accessor over an in-memory (N, T) array.
-    def __init__(self, waves: np.ndarray) -> None:
-        self.waves = waves
-
-    def __call__(self, index: int) -> np.ndarray:
-        return self.waves[index]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from metadg.tasks.spoof.corpora import CORPORA
-from metadg.tasks.spoof.file_corpus import MAX_LINE_BYTES, CorpusError, FileCorpus, FileCorpusConfig, Row
+from metadg.tasks.audio.corpus import CORPORA
+from metadg.tasks.audio.file_corpus import MAX_LINE_BYTES, CorpusError, FileCorpus, FileCorpusConfig, Row
 
 
 class ListConfig(FileCorpusConfig):
@@ -18,7 +18,7 @@ class ListConfig(FileCorpusConfig):
     path: str = Field(description="CSV/TSV file listing the utterances")
     root: str | None = Field(None, description="folder that relative audio paths start from; default: the list's folder")
     path_column: str = Field("path", description="column with the audio path")
-    label_column: str = Field("label", description="column with the label (bonafide/bona-fide/real/spoof/fake/...)")
+    label_column: str = Field("label", description="column with the label (class names of the task reading the list, e.g. bonafide/spoof)")
     id_column: str | None = Field(None, description="column with utterance ids; default: the path without extension")
     delimiter: str | None = Field(None, description="field separator; default: tab for .tsv, else sniffed from , ; | tab")
 
@@ -34,6 +34,11 @@ class ListCorpus(FileCorpus):
         if cfg.root is None:
             cfg = cfg.model_copy(update={"root": str(Path(cfg.path).expanduser().parent)})
         super().__init__(cfg)
+
+    def class_names(self) -> list[str]:
+        """The distinct labels of the label column, sorted (a read of the list; no audio)."""
+        fresh = type(self)(self.cfg)  # its own skip counters: the real read counts bad rows once
+        return sorted({str(row.label) for row in fresh.rows()})
 
     def rows(self) -> Iterator[Row]:
         """One Row per data line; a line with the wrong number of fields goes through on_error."""

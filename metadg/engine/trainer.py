@@ -1,94 +1,46 @@
-"""Trainer and DomainBatcher: domain-balanced steps, evaluation, early stopping, best checkpoint."""
+"""Trainer: domain-batched steps, validation with the task's selection metric, best checkpoint, evaluation."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from metadg import distributed
-from metadg.adapters.base import Adapter
-from metadg.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
-from metadg.config import Experiment, TrackingConfig, build_experiment, dump_yaml
-from metadg.evaluation import det_png, score_utterances, scoring_options, write_scores
-from metadg.models.classifier import Classifier, build_model
-from metadg.batcher import DomainBatcher
-from metadg.tasks.base import Task, Utterances
-from metadg.resume import LoopState, SignalGuard, StopRequested, StopRun, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir
-from metadg.selection import select
+from metadg.config import Experiment, TrackingConfig, dump_yaml
+from metadg.engine import distributed
+from metadg.engine.accounting import count_parameters
+from metadg.engine.batcher import DomainBatcher
+from metadg.engine.build import build_model_and_adapter, load_trained, make_loss, resolve_device, seed_everything  # noqa: F401  old home
+from metadg.engine.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
+from metadg.engine.evaluate import evaluate_sets
+from metadg.engine.resume import LoopState, SignalGuard, StopRequested, StopRun, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir  # noqa: F401  StopRun: old home
+from metadg.engine.schedules import lr_factor
+from metadg.engine.scoring import scoring_options, utterance_logits
+from metadg.engine.selection import select
+from metadg.engine.utterances import Utterances
 from metadg.tracking import Tracker
+
+if TYPE_CHECKING:
+    from metadg.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_model_and_adapter(exp: Experiment, num_classes: int = 2) -> tuple[Classifier, Adapter]:
-    """The model with its adapter applied; the base weights depend only on exp.seed."""
-    torch.manual_seed(exp.seed)
-    model = build_model(exp.backbone, exp.head, num_classes)
-    adapter = exp.adapter.build()
-    adapter.apply(model)
-    return model, adapter
-
-
-def make_loss(task: Task, class_weights: dict[str, float] | None, device: torch.device) -> nn.Module:
-    """Cross-entropy, weighted per class name when asked."""
-    weight = None
-    if class_weights:
-        weight = torch.ones(task.num_classes)
-        for name, w in class_weights.items():
-            weight[task.class_index(name)] = w
-        weight = weight.to(device)
-    return nn.CrossEntropyLoss(weight=weight)
-
-
-def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Experiment, Classifier, Adapter, dict[str, Any]]:
-    """Rebuild a trained model from a checkpoint folder; refuses mismatching base weights."""
-    tensors, meta = read_checkpoint(checkpoint)
-    if not isinstance(meta.get("config"), dict):
-        raise CheckpointError(f"{Path(checkpoint) / 'meta.json'}: no `config` mapping to rebuild the model from")
-    exp = build_experiment(meta["config"], source=str(Path(checkpoint) / "meta.json"))
-    model, adapter = build_model_and_adapter(exp)
-    if meta.get("frozen_fingerprint") not in (None, frozen_fingerprint(model)):
-        raise CheckpointError(
-            f"{checkpoint}: the frozen backbone rebuilt from the saved config differs from the one trained "
-            "(changed pretrained weights or transformers version?)"
-        )
-    try:
-        adapter.load_state_dict(model, tensors)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{checkpoint}: its tensors do not fit the model its config builds: {exc}") from None
-    return exp, model.to(device).eval(), adapter, meta
-
-
-def count_parameters(model: nn.Module, adapter: Adapter) -> tuple[int, int, int]:
-    """(trainable, total, what full fine-tuning would train = total minus adapter-inserted weights)."""
-    total = sum(p.numel() for p in model.parameters())
-    added = sum(p.numel() for p in adapter.added_parameters(model).values())
-    return sum(p.numel() for p in adapter.trainable_parameters(model).values()), total, total - added
+def improved(value: float, best: float | None, direction: str) -> bool:
+    """Whether `value` beats `best` (None or ±inf: nothing yet) in `direction` ('min' or 'max')."""
+    if not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    return value > best if direction == "max" else value < best
 
 
 @dataclass
@@ -162,13 +114,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.selection = select(tc.selection, self.task)
         self.dev_set = self.selection.val
+        self.direction = self.task.direction(self.task.selection_metric)
         self.batcher = DomainBatcher(
             self.selection.train,
-            domain_key=self.task.domain_key,
+            partition=self.selection.partition,
             batch_per_domain=tc.batch_per_domain,
-            bonafide_fraction=tc.bonafide_fraction,
             crop_samples=self.task.crop_samples,
-            share_bonafide=getattr(self.task.cfg, "share_bonafide", True),
+            policy=self.task.sampling_policy(),
             augment=self.task.augmentation(),
             seed=exp.seed,
             rank=self.dist.rank,
@@ -281,12 +233,7 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         tc = self.exp.train
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        if tc.schedule == "cosine":
-            progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
+        return lr_factor(tc.schedule, step, tc.warmup_steps, tc.steps)
 
     def _train_step(self) -> dict[str, float]:
         tc = self.exp.train
@@ -328,14 +275,10 @@ class Trainer:
         self.scheduler.step()
         return metrics
 
-    def _score(self, utts: Utterances, progress: bool, desc: str = "scoring") -> np.ndarray:
-        return score_utterances(
-            self.model, utts, device=self.device, progress=progress, desc=desc, **scoring_options(self.exp.train)
-        )
-
     def _validate(self) -> tuple[dict[str, float], np.ndarray]:
-        scores = self._score(self.dev_set, progress=False)
-        return self.task.metrics(scores, self.dev_set), scores
+        logits = utterance_logits(self.model, self.dev_set, device=self.device, progress=False,
+                                  **scoring_options(self.exp.train))
+        return self.task.metrics(logits, self.dev_set), logits
 
     def _loop(self, run_id: str | None, guard: SignalGuard) -> None:
         tc, metric, loop = self.exp.train, self.task.selection_metric, self.loop
@@ -354,7 +297,7 @@ class Trainer:
                 means["train/skipped_steps_total"] = loop.bad_steps_total
                 self.tracker.log_metrics(run_id, means, step)
                 loss = f"{means['train/loss']:.3f}" if "train/loss" in means else "nan"
-                bar.set_postfix(loss=loss, best_dev=f"{loop.best:.4f}" if loop.best < math.inf else "-")
+                bar.set_postfix(loss=loss, best_dev=f"{loop.best:.4f}" if math.isfinite(loop.best) else "-")
                 loop.running = {}
             if main and (step % tc.eval_every == 0 or step == tc.steps):
                 self._validate_step(run_id, metric)
@@ -373,14 +316,18 @@ class Trainer:
 
     def _validate_step(self, run_id: str | None, metric: str) -> None:
         loop, tc = self.loop, self.exp.train
-        dev, scores = self._validate()
+        dev, logits = self._validate()
         self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, loop.step)
         if self.on_eval is not None:
             self.on_eval(loop.step, dev)
-        if dev[metric] < loop.best:
+        if metric not in dev:
+            raise KeyError(f"task {self.exp.task.name!r}: selection metric {metric!r} is not among its dev metrics "
+                           f"({', '.join(sorted(dev))})")
+        if improved(dev[metric], loop.best, self.direction):
             loop.best, loop.best_step, loop.best_dev, loop.stale = dev[metric], loop.step, dev, 0
-            self.best_dev_scores = scores  # calibration is fitted on these; no rescoring
-            meta = {"config": self.exp.to_dict(), "step": loop.step, "dev": dev, "frozen_fingerprint": self.fingerprint}
+            self.best_dev_scores = logits  # calibration is fitted on these; no rescoring
+            meta = {"config": self.exp.to_dict(), "step": loop.step, "dev": dev, "frozen_fingerprint": self.fingerprint,
+                    "num_classes": self.task.num_classes}
             save_checkpoint(self.best_dir, self.adapter.state_dict(self.model), meta)
         else:
             loop.stale += 1
@@ -396,27 +343,24 @@ class Trainer:
             log.warning("skipped under on_error: skip: %s", ", ".join(f"{k.split('/', 1)[1]}: {v}" for k, v in counts.items()))
 
     def _evaluate(self, run_id: str | None, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, dict[str, float]]:
-        tc, task = self.exp.train, self.task
-        calibrator = task.fit_calibration(self.best_dev_scores, self.dev_set)
-        if calibrator is not None:  # the checkpoint carries its calibration for eval/score later
-            save_checkpoint(self.best_dir, tensors, {k: v for k, v in meta.items() if k != "format"} | {"calibration": calibrator.to_dict()})
-        results: dict[str, dict[str, float]] = {}
+        task = self.task
+        calibration = task.fit_calibration(self.best_dev_scores, self.dev_set)
+        if calibration is not None:  # the checkpoint carries its calibration for eval/score later
+            save_checkpoint(self.best_dir, tensors, {k: v for k, v in meta.items() if k != "format"} | {"calibration": calibration})
         score_dir = self.run_dir / "scores"
-        scored = {}
-        for name, utts in task.eval_sets().items():
-            scores = self._score(utts, progress=tc.progress, desc=f"eval {name}")
-            llr = calibrator.transform(scores) if calibrator is not None else None
-            results[name] = task.metrics(scores, utts, llr)
-            write_scores(score_dir, name, utts, scores, llr)
-            scored[name] = (utts, scores)
-            self.tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in results[name].items()})
-        if results:
-            avg = float(np.mean([r[task.selection_metric] for r in results.values()]))
-            self.tracker.log_metrics(run_id, {f"eval/avg_{task.selection_metric}": avg})
-        self._report_skips(run_id, {"train": self.batcher.utts, "dev": self.dev_set, **{n: u for n, (u, _) in scored.items()}})
-        if scored and det_png(score_dir / "det.png", scored) is not None:
-            self.tracker.log_artifact(run_id, score_dir / "det.png")
+        ev = evaluate_sets(self.model, task, task.eval_sets(), score_dir, calibration=calibration, device=self.device,
+                           options=scoring_options(self.exp.train), progress=self.exp.train.progress)
+        for name, metrics in ev.results.items():
+            self.tracker.log_metrics(run_id, {f"eval/{name}/{k}": v for k, v in metrics.items()})
+        averages = {h.key for h in task.headline} | {task.selection_metric}
+        for key in sorted(averages):
+            values = [r[key] for r in ev.results.values() if key in r]
+            if values:
+                self.tracker.log_metrics(run_id, {f"eval/avg_{key}": float(np.mean(values))})
+        self._report_skips(run_id, {"train": self.batcher.utts, "dev": self.dev_set, **{n: u for n, (u, _) in ev.scored.items()}})
+        for path in ev.summary_files:
+            self.tracker.log_artifact(run_id, path)
         if score_dir.exists():
             self.tracker.log_artifact(run_id, score_dir, "scores")
         self.tracker.log_artifact(run_id, self.run_dir / "checkpoints" / "best", "checkpoint")
-        return results
+        return ev.results

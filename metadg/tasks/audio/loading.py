@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metadg.tasks.base import LoadError
+from metadg.engine.utterances import LoadError
 
 SAMPLE_RATE = 16000
 #: lowest sample rate resampled; below it, a tiny file could claim gigabytes once upsampled

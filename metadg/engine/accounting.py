@@ -7,7 +7,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from metadg.adapters.base import Adapter
 from metadg.config import Experiment
 
 _LORA = re.compile(r"\.(\w+)\.lora_[AB]\.")
@@ -53,12 +55,24 @@ def group_name(name: str) -> str:
     return ".".join(parts[:depth])
 
 
-def count(exp: Experiment) -> ParamReport:
-    """Build the experiment's model on the meta device (no memory, no weights read) and count."""
-    from metadg.training import build_model_and_adapter, count_parameters
+def count_parameters(model: nn.Module, adapter: Adapter) -> tuple[int, int, int]:
+    """(trainable, total, what full fine-tuning would train = total minus adapter-inserted weights)."""
+    total = sum(p.numel() for p in model.parameters())
+    added = sum(p.numel() for p in adapter.added_parameters(model).values())
+    return sum(p.numel() for p in adapter.trainable_parameters(model).values()), total, total - added
 
+
+def count(exp: Experiment, num_classes: int | None = None) -> ParamReport:
+    """Build the experiment's model on the meta device (no memory, no weights read) and count.
+
+    `num_classes` defaults to the task's (a task reads at most its class list for that, no audio).
+    """
+    from metadg.engine.build import build_model_and_adapter
+
+    if num_classes is None:
+        num_classes = exp.task.build(seed=exp.seed).num_classes
     with torch.device("meta"):
-        model, adapter = build_model_and_adapter(exp)
+        model, adapter = build_model_and_adapter(exp, num_classes)
     trainable = adapter.trainable_parameters(model)
     groups: dict[str, int] = defaultdict(int)
     for name, p in trainable.items():

@@ -1,0 +1,115 @@
+"""Scoring whole utterances into (N, C) logits: chunked long utterances, length-sorted batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from metadg.engine.utterances import Utterances
+
+
+def segments(wave: np.ndarray, chunk: int | None, overlap: float) -> list[np.ndarray]:
+    """The whole wave, or overlapping windows of `chunk` samples covering it (the last one flush with the end)."""
+    if chunk is None or wave.shape[0] <= chunk:
+        return [wave]
+    hop = max(1, int(round(chunk * (1.0 - overlap))))
+    starts = list(range(0, wave.shape[0] - chunk + 1, hop))
+    if starts[-1] + chunk < wave.shape[0]:
+        starts.append(wave.shape[0] - chunk)
+    return [wave[s : s + chunk] for s in starts]
+
+
+# A batch never pads its shortest segment by more than this share of its length: padded
+# samples cost as much as real ones (the conv encoder runs over them), and on CPU that
+# waste outweighs what batching saves.
+MAX_PADDING = 0.1
+
+
+def length_batches(segs: list[tuple[int, np.ndarray]], batch_size: int) -> list[list[tuple[int, np.ndarray]]]:
+    """Split length-sorted segments into batches of ≤ `batch_size` whose longest is ≤ (1 + MAX_PADDING) × shortest."""
+    batches: list[list[tuple[int, np.ndarray]]] = []
+    for item in segs:
+        if batches and len(batches[-1]) < batch_size and item[1].shape[0] <= (1 + MAX_PADDING) * batches[-1][0][1].shape[0]:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+@torch.no_grad()
+def utterance_logits(
+    model: nn.Module,
+    utts: Utterances,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "scoring",
+    chunk_samples: int | None = None,
+    chunk_overlap: float = 0.5,
+    amp: bool = False,
+) -> np.ndarray:
+    """(N, C) float64 logits per utterance, in `utts` order: of whole utterances, or the mean over overlapping chunks.
+
+    Under `utts.on_error == "skip"` an unusable file gets a row of NaN and is counted in `utts.skipped`.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    totals: np.ndarray | None = None
+    counts = np.zeros(len(utts), dtype=np.int64)
+    # Reading a window of utterances and sorting its segments by length keeps
+    # padding small without loading the whole set first.
+    window = batch_size * 8
+    bar = tqdm(total=len(utts), desc=desc, disable=None if progress else True, leave=False, unit="utt")
+    for start in range(0, len(utts), window):
+        waves = {i: utts.try_load(i) for i in range(start, min(start + window, len(utts)))}
+        segs = [(i, seg) for i, wave in waves.items() if wave is not None
+                for seg in segments(wave, chunk_samples, chunk_overlap)]
+        segs.sort(key=lambda item: item[1].shape[0])
+        for part in length_batches(segs, batch_size):
+            lengths = [seg.shape[0] for _, seg in part]
+            inputs = torch.zeros(len(part), max(lengths))
+            for row, (_, seg) in enumerate(part):
+                inputs[row, : lengths[row]] = torch.from_numpy(seg)
+            lens = None if min(lengths) == max(lengths) else torch.tensor(lengths, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(inputs.to(device), lens)
+            owners = np.array([i for i, _ in part])
+            if totals is None:
+                totals = np.zeros((len(utts), logits.shape[1]), dtype=np.float64)
+            np.add.at(totals, owners, logits.float().cpu().numpy())
+            np.add.at(counts, owners, 1)
+        bar.update(min(start + window, len(utts)) - start)
+    bar.close()
+    model.train(was_training)
+    if totals is None:  # nothing scored (every file skipped, or no files): the width is the model's
+        totals = np.zeros((len(utts), int(getattr(model, "num_classes", 2))), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return totals / counts[:, None]  # NaN rows mark utterances skipped under on_error: skip
+
+
+def class_log_odds(logits: np.ndarray) -> np.ndarray:
+    """Class-1 minus class-0 logit of two-class (N, 2) logits, in float32 arithmetic; a 1-D array is already that."""
+    logits = np.asarray(logits)
+    if logits.ndim == 1:
+        return logits.astype(np.float64)
+    # float32 as the model computed it: the same bits as subtracting on the model's output.
+    return (logits[:, 1].astype(np.float32) - logits[:, 0].astype(np.float32)).astype(np.float64)
+
+
+def score_utterances(model: nn.Module, utts: Utterances, **options: object) -> np.ndarray:
+    """Class-1 log-odds per utterance of a two-class model (kept for callers from before (N, C) logits)."""
+    return class_log_odds(utterance_logits(model, utts, **options))  # type: ignore[arg-type]
+
+
+def scoring_options(train_cfg: object) -> dict[str, object]:
+    """utterance_logits keyword arguments from an experiment's train section."""
+    return {
+        "batch_size": train_cfg.eval_batch_size,
+        "chunk_samples": train_cfg.eval_chunk_samples,
+        "chunk_overlap": train_cfg.eval_chunk_overlap,
+        "amp": train_cfg.amp,
+    }
