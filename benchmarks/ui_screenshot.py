@@ -21,7 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from metadg.tracking_server import LocalMlflowServer
+# The local MLflow server is a test helper: tests/mlflow_server.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from mlflow_server import LocalMlflowServer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 EXIT_NO_CHROMIUM = 3

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score audio files or folders with a trained checkpoint into a CSV")
     score.add_argument("checkpoint")
     score.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
-    score.add_argument("--out", default="scores.csv", help="CSV to write (path, score, decision, error)")
+    score.add_argument("--out", default="scores.csv", help="CSV to write: path, the task's columns (spoof: score, llr, decision), error")
     score.add_argument("--device", default="cpu")
     up = sub.add_parser("upload", help="send runs logged while the MLflow server was unreachable (their tracking.jsonl)")
     up.add_argument("paths", nargs="+", help="run folders, folders of them (a benchmark), or tracking.jsonl files")
@@ -115,7 +115,7 @@ def _checkpoint_dir(path: str) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint and print EER per set."""
+    """Evaluate a checkpoint and print the task's headline metrics per set."""
     from metadg.config import read_yaml
     from metadg.engine.evaluate import evaluate_checkpoint
 
@@ -146,7 +146,7 @@ def _headline(checkpoint: Path) -> tuple:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score files and write a CSV."""
-    from metadg.engine.evaluate import score_files
+    from metadg.tasks.audio.score_files import score_files
 
     scored, failed = score_files(_checkpoint_dir(args.checkpoint), args.paths, args.out, device=args.device)
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
@@ -157,8 +157,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
     """Replay run journals to MLflow and print what was sent."""
     from mlflow.exceptions import MlflowException
 
-    from metadg.tracking_journal import JournalError
-    from metadg.tracking_upload import upload
+    from metadg.tracking.journal import JournalError
+    from metadg.tracking.upload import upload
 
     try:
         report = upload(args.paths, args.uri)

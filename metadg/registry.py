@@ -83,6 +83,10 @@ class Registry(Generic[T]):
             importlib.import_module(self.builtins)
         for ep in metadata.entry_points(group=self.group):
             if ep.name in self._items:
+                # Silent only when the entry point names the very object already registered.
+                if f"{ep.module}.{ep.attr}" != _where(self._items[ep.name]):
+                    log.warning("%s plugin %r from %s is ignored: the name is taken by %s", self.kind, ep.name, ep.value,
+                                _where(self._items[ep.name]))
                 continue
             try:
                 obj = ep.load()
@@ -123,3 +127,5 @@ HEADS: Registry[Any] = Registry("head", "metadg.heads", "metadg.models")
 # Choices made by name inside the engine and the search use the same Registry.
 SELECTIONS: Registry[Any] = Registry("selection method", "metadg.selection_methods", "metadg.engine.selection")
 SCHEDULES: Registry[Any] = Registry("schedule", "metadg.schedules", "metadg.engine.schedules")
+SAMPLERS: Registry[Any] = Registry("sampler", "metadg.samplers", "metadg.search.space")
+PRUNERS: Registry[Any] = Registry("pruner", "metadg.pruners", "metadg.search.space")

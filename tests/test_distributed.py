@@ -117,8 +117,8 @@ def test_global_plan_is_split_evenly_across_ranks(tiny_config):
     assert sorted(e for s in shares for e in s) == sorted(whole)
     for share in shares:  # each rank holds its part of every domain's bona fide and spoofs
         for d in {e[0] for e in whole}:
-            assert sum(e[0] == d and e[1] for e in share) == PER_RANK // 2
-            assert sum(e[0] == d and not e[1] for e in share) == PER_RANK // 2
+            assert sum(e[0] == d and e[1] == 0 for e in share) == PER_RANK // 2  # Draw 0: bona fide
+            assert sum(e[0] == d and e[1] == 1 for e in share) == PER_RANK // 2  # Draw 1: its spoofs
 
 
 def _assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:

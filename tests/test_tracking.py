@@ -14,8 +14,9 @@ from metadg.cli import main
 from metadg.config import TrackingConfig
 from metadg.tracking import UID_TAG, Tracker, http_limits
 from metadg.tracking_journal import JOURNAL_NAME, JournalError, read_journal
-from metadg.tracking_server import free_port
 from metadg.tracking_upload import upload
+
+from mlflow_server import free_port  # tests/mlflow_server.py, a test helper beside this file
 
 
 def dead_uri() -> str:

@@ -14,8 +14,9 @@ import pytest
 from metadg.cli import main
 from metadg.config import build_experiment
 from metadg.tracking_journal import JOURNAL_NAME, read_journal
-from metadg.tracking_server import LocalMlflowServer, free_port
 from metadg.engine.trainer import Trainer
+
+from mlflow_server import LocalMlflowServer, free_port  # tests/mlflow_server.py, a test helper beside this file
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ class MLDGConfig(StrictModel):
         True,
         # The old name keeps working in configs; it is written out under the new one.
         validation_alias=AliasChoices("meta_test_shared", "meta_test_bonafide"),
-        description="meta-test batches keep the samples the sampling policy shares across domains (the spoof task's "
-        "bona fide); false = judge the virtual step on the held-out domain's own samples only (what is shared "
-        "by all domains is not what shifts). Formerly meta_test_bonafide",
+        description="meta-test batches keep the samples the task's sampling policy shares across domains; false = "
+        "judge the virtual step on the held-out domains' own samples only (what every domain shares is not what "
+        "shifts). Formerly meta_test_bonafide",
     )
 
 

@@ -12,9 +12,8 @@ import torch
 class Batch:
     """Fixed-size model input: waveforms (B, T), integer labels (B,), optional valid lengths and flags.
 
-    `shared` marks samples the sampling policy drew from a pool shared by every domain
-    (the spoof task's bona fide pool): an algorithm that treats them differently reads
-    this flag, never a label value.
+    `shared` marks samples the sampling policy drew from a pool shared by every domain:
+    an algorithm that treats them differently reads this flag, never a label value.
     """
 
     inputs: torch.Tensor

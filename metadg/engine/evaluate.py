@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,6 @@ from metadg.engine.utterances import Utterances
 
 if TYPE_CHECKING:
     from metadg.tasks.base import Task
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au"}
-
 
 @dataclass
 class Evaluation:
@@ -62,20 +58,6 @@ def evaluate_sets(
     return ev
 
 
-def collect_audio(paths: list[str | Path]) -> list[Path]:
-    """Audio files named directly or found (recursively, sorted) in the named folders."""
-    found: list[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
-            # A dangling symlink is kept so that it gets its own error row instead of vanishing.
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and (p.is_file() or p.is_symlink()))
-        elif item.is_file():
-            found.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    return found
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -101,30 +83,8 @@ def evaluate_checkpoint(
     return ev.results
 
 
-def score_files(checkpoint: str | Path, paths: list[str | Path], out_csv: str | Path, device: str = "cpu") -> tuple[int, int]:
-    """Score audio files/folders with a trained model into a CSV (the task's columns); returns (scored, unreadable)."""
-    from metadg.engine.build import load_trained
-    from metadg.tasks.audio.loading import AudioError, load_audio
-
-    exp, model, _, meta = load_trained(checkpoint, device)
-    task = exp.task.build(seed=exp.seed)
-    files = collect_audio(paths)
-    waves, kept, errors = [], [], {}
-    for path in files:
-        try:
-            waves.append(load_audio(path))
-            kept.append(path)
-        except AudioError as exc:  # one bad file must not lose the others' scores
-            errors[path] = str(exc)
-    utts = Utterances([str(p) for p in kept], np.zeros(len(kept), dtype=np.int64), {}, waves.__getitem__)
-    logits = utterance_logits(model, utts, device=device, progress=True, **scoring_options(exp.train))
-    header, rows = task.score_table(logits, meta)
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    by_path = dict(zip(kept, rows))
-    with out_csv.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", *header, "error"])
-        for path in files:
-            writer.writerow([str(path), *by_path[path], ""] if path in by_path else [str(path), *[""] * len(header), errors[path]])
-    return len(kept), len(errors)
+def __getattr__(name: str) -> object:
+    # Scoring audio files needs audio loading, which is the audio tasks' layer, not the engine's.
+    if name in ("score_files", "collect_audio", "AUDIO_SUFFIXES"):
+        raise AttributeError(f"{name} moved to metadg.tasks.audio.score_files")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ class Partition:
     """The task's split of training utterances into source domains.
 
     `domain[i]` is utterance i's domain (None: in no domain of its own); `shared[i]`
-    marks utterances that belong to every domain (the spoof task's bona fide pool).
+    marks utterances that belong to every domain (a pool all domains draw from).
     """
 
     domains: list[str]

@@ -21,7 +21,7 @@ from metadg.config import (
     expand_vars,
     load_raw,
 )
-from metadg.registry import unknown_name_message
+from metadg.registry import PRUNERS, SAMPLERS, Registry, unknown_name_message
 
 Scalar = str | int | float | bool | None
 
@@ -57,6 +57,7 @@ PARAM_TYPES: dict[str, type[StrictModel]] = {"float": FloatParam, "int": IntPara
 Param = FloatParam | IntParam | CategoricalParam
 
 
+@SAMPLERS.register("tpe")
 class TpeSampler(StrictModel):
     """Tree-structured Parzen estimator (Optuna's default)."""
 
@@ -66,6 +67,7 @@ class TpeSampler(StrictModel):
     multivariate: bool = Field(False, description="model the parameters jointly")
 
 
+@SAMPLERS.register("random")
 class RandomSampler(StrictModel):
     """Independent uniform sampling."""
 
@@ -73,6 +75,7 @@ class RandomSampler(StrictModel):
     seed: int | None = Field(None, description="sampler seed; default: the experiment's seed")
 
 
+@SAMPLERS.register("cmaes")
 class CmaEsSampler(StrictModel):
     """CMA-ES (numeric parameters only)."""
 
@@ -81,6 +84,7 @@ class CmaEsSampler(StrictModel):
     n_startup_trials: int = Field(1, ge=0, description="random trials before CMA-ES takes over")
 
 
+@PRUNERS.register("median")
 class MedianPruner(StrictModel):
     """Stop a trial whose best value so far is worse than the median of earlier trials at the same step."""
 
@@ -90,6 +94,7 @@ class MedianPruner(StrictModel):
     interval_steps: int = Field(1, ge=1, description="check every N reported steps")
 
 
+@PRUNERS.register("hyperband")
 class HyperbandPruner(StrictModel):
     """Hyperband over training steps."""
 
@@ -99,14 +104,11 @@ class HyperbandPruner(StrictModel):
     reduction_factor: int = Field(3, ge=2, description="keep 1/reduction_factor of the trials per rung")
 
 
+@PRUNERS.register("none")
 class NoPruner(StrictModel):
     """Never prune."""
 
     name: Literal["none"] = "none"
-
-
-SAMPLERS: dict[str, type[StrictModel]] = {"tpe": TpeSampler, "random": RandomSampler, "cmaes": CmaEsSampler}
-PRUNERS: dict[str, type[StrictModel]] = {"median": MedianPruner, "hyperband": HyperbandPruner, "none": NoPruner}
 
 
 class SearchConfig(StrictModel):
@@ -235,15 +237,15 @@ def overrides_for(params: dict[str, Any]) -> list[str]:
     return [f"{key}={yaml_scalar(value)}" for key, value in params.items()]
 
 
-def _plugin(table: dict[str, type[StrictModel]], raw: Any, where: str, kind: str) -> StrictModel:
+def _plugin(registry: Registry[Any], raw: Any, where: str) -> StrictModel:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a name or a mapping with a 'name' key, got {type(raw).__name__}")
     name = raw.get("name")
-    if name not in table:
-        raise ConfigError(f"{where}.name: {unknown_name_message(kind, name, list(table))}")
-    return _validate_section(table[name], raw, where)
+    if name not in registry:
+        raise ConfigError(f"{where}.name: {unknown_name_message(registry.kind, name, registry.names())}")
+    return _validate_section(registry.get(name), raw, where)
 
 
 def _param(raw: Any, where: str) -> Param:
@@ -274,8 +276,8 @@ def parse_block(block: Any, seed: int) -> tuple[dict[str, Param], StrictModel, S
     if not isinstance(cfg.params, dict) or not cfg.params:
         raise ConfigError("search.params: expected a non-empty mapping of dotted config key → distribution")
     params = {key: _param(raw, f"search.params.{key}") for key, raw in cfg.params.items()}
-    sampler = _plugin(SAMPLERS, cfg.sampler, "search.sampler", "sampler")
-    pruner = _plugin(PRUNERS, cfg.pruner, "search.pruner", "pruner")
+    sampler = _plugin(SAMPLERS, cfg.sampler, "search.sampler")
+    pruner = _plugin(PRUNERS, cfg.pruner, "search.pruner")
     if sampler.seed is None:
         sampler = sampler.model_copy(update={"seed": seed})
     if isinstance(sampler, CmaEsSampler):

@@ -19,7 +19,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from metadg.config import ConfigError
-from metadg.search_space import (
+from metadg.search.space import (
     CategoricalParam,
     CmaEsSampler,
     FloatParam,
@@ -31,7 +31,7 @@ from metadg.search_space import (
     load_search,
     yaml_scalar,
 )
-from metadg.search_storage import masked, open_storage
+from metadg.search.storage import masked, open_storage
 from metadg.tracking import Tracker
 from metadg.engine.trainer import StopRun, Trainer
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from metadg.config import TrackingConfig
-from metadg.tracking import UID_TAG, experiment_id, http_limits, make_client
-from metadg.tracking_journal import Journal, JournalRun, find_journals, read_journal
+from metadg.tracking.journal import Journal, JournalRun, find_journals, read_journal
+from metadg.tracking.tracker import UID_TAG, experiment_id, http_limits, make_client
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from metadg.config import TrackingConfig
-from metadg.tracking_journal import JOURNAL_NAME, Journal, read_journal
+from metadg.tracking.journal import JOURNAL_NAME, Journal, read_journal
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,104 @@
+"""Config sections: ConfigError, the strict pydantic base and the train, selection and tracking sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from metadg.registry import SCHEDULES, SELECTIONS, Registry, unknown_name_message
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the dotted key."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def registered(registry: Registry[Any], value: Any) -> Any:
+    """A pydantic check that `value` names a plugin of `registry` (did-you-mean error otherwise)."""
+    if not isinstance(value, str) or value not in registry:
+        raise ValueError(unknown_name_message(registry.kind, value, registry.names()))
+    return value
+
+
+class SelectionConfig(StrictModel):
+    """How the checkpoint that gets evaluated is chosen (Gulrajani & Lopez-Paz's three protocols)."""
+
+    method: str = Field(
+        "training_domain",
+        description="training_domain: dev split of the source domains; leave_one_domain_out: one source domain "
+        "is kept out of training and validates; oracle: an evaluation set validates (target data; labelled oracle)",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return registered(SELECTIONS, value)
+
+    domain: str | None = Field(None, description="leave_one_domain_out: the held-out domain (default: the last, sorted)")
+    eval_set: str | None = Field(None, description="oracle: the evaluation set that validates (default: the first)")
+
+
+class TrainConfig(StrictModel):
+    """Optimisation and evaluation schedule, owned by the Trainer."""
+
+    steps: int = Field(1000, ge=1, description="number of optimizer steps")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    schedule: str = Field("constant", description="learning-rate schedule after warm-up (constant, cosine)")
+    batch_per_domain: int = Field(8, ge=2, description="utterances per source domain per step")
+    class_weights: dict[str, float] | None = Field(
+        None, description="cross-entropy weight per class name, e.g. {bonafide: 0.9, spoof: 0.1}"
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables clipping")
+    max_bad_steps: int = Field(
+        10, ge=1, description="steps with NaN/Inf loss or gradients are skipped; stop after this many in a row"
+    )
+    eval_every: int = Field(100, ge=1, description="evaluate on the dev split every N steps")
+    patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without dev improvement; null never stops early"
+    )
+    checkpoint_every: int | None = Field(
+        250, ge=1, description="save the full training state (resumable) every N steps; null = only at a signal stop"
+    )
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes for training audio; 0 = load in-process")
+    grad_accum: int = Field(1, ge=1, description="domain-batch draws whose gradients add up to one optimizer step")
+    amp: bool = Field(False, description="bfloat16 autocast for training and scoring (mixed precision)")
+    eval_batch_size: int = Field(32, ge=1, description="utterances (or chunks) per batch when scoring")
+    eval_chunk_samples: int | None = Field(
+        None, ge=400, description="score long utterances as overlapping chunks of this many samples, averaged; null = whole"
+    )
+    eval_chunk_overlap: float = Field(0.5, ge=0, lt=1, description="overlap between evaluation chunks")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    progress: bool = Field(True, description="show progress bars")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="model-selection method")
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        return registered(SCHEDULES, value)
+
+
+class TrackingConfig(StrictModel):
+    """Where MLflow records the run."""
+
+    enabled: bool = Field(True, description="log to MLflow")
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (file, sqlite:///..., http://...)")
+    experiment: str = Field("metadg", description="MLflow experiment name")
+    artifact_location: str | None = Field(
+        None, description="artifact root for a new experiment; default ./mlartifacts beside a sqlite store"
+    )
+    http_timeout_s: int = Field(
+        10, ge=1, description="seconds an MLflow HTTP request may wait for the server (MLflow's default: 120)"
+    )
+    http_retries: int = Field(
+        1, ge=0, le=10,
+        description="retries of a failed MLflow HTTP request (MLflow's default: 7 with back-off, minutes on a dead "
+        "server); after that the run goes on offline, journaled for `metadg upload`",
+    )
