@@ -191,10 +191,8 @@ def results_rows(done: list[tuple[Cell, RunResult]]) -> list[dict[str, Any]]:
             "trainable": res.trainable_params,
             "trainable_%": 100.0 * res.trainable_params / max(1, res.full_finetune_params),
         }
-        heads = cell.experiment.task.cls.headline
-        for h in heads:
+        for h in cell.experiment.task.cls.headline:  # per metric: dev, each eval set, their mean
             row[f"dev_{h.column}"] = h.scale * res.dev.get(h.key, float("nan"))
-        for h in heads:
             values = {f"{k}_{h.column}": h.scale * v[h.key] for k, v in res.eval.items() if h.key in v}
             row.update(values)
             if values:

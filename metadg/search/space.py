@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,14 @@ class TpeSampler(StrictModel):
     n_startup_trials: int = Field(10, ge=0, description="random trials before TPE takes over")
     multivariate: bool = Field(False, description="model the parameters jointly")
 
+    def build(self, seed: int) -> Any:
+        """The Optuna sampler."""
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials, multivariate=self.multivariate)
+
 
 @SAMPLERS.register("random")
 class RandomSampler(StrictModel):
@@ -73,6 +83,12 @@ class RandomSampler(StrictModel):
 
     name: Literal["random"] = "random"
     seed: int | None = Field(None, description="sampler seed; default: the experiment's seed")
+
+    def build(self, seed: int) -> Any:
+        """The Optuna sampler."""
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=seed)
 
 
 @SAMPLERS.register("cmaes")
@@ -82,6 +98,12 @@ class CmaEsSampler(StrictModel):
     name: Literal["cmaes"] = "cmaes"
     seed: int | None = Field(None, description="sampler seed; default: the experiment's seed")
     n_startup_trials: int = Field(1, ge=0, description="random trials before CMA-ES takes over")
+
+    def build(self, seed: int) -> Any:
+        """The Optuna sampler."""
+        import optuna
+
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=self.n_startup_trials)
 
 
 @PRUNERS.register("median")
@@ -93,6 +115,12 @@ class MedianPruner(StrictModel):
     n_warmup_steps: int = Field(0, ge=0, description="training steps before a trial may be pruned")
     interval_steps: int = Field(1, ge=1, description="check every N reported steps")
 
+    def build(self) -> Any:
+        """The Optuna pruner."""
+        import optuna
+
+        return optuna.pruners.MedianPruner(self.n_startup_trials, self.n_warmup_steps, self.interval_steps)
+
 
 @PRUNERS.register("hyperband")
 class HyperbandPruner(StrictModel):
@@ -103,12 +131,24 @@ class HyperbandPruner(StrictModel):
     max_resource: int | Literal["auto"] = Field("auto", description="most training steps; auto = from finished trials")
     reduction_factor: int = Field(3, ge=2, description="keep 1/reduction_factor of the trials per rung")
 
+    def build(self) -> Any:
+        """The Optuna pruner."""
+        import optuna
+
+        return optuna.pruners.HyperbandPruner(self.min_resource, self.max_resource, self.reduction_factor)
+
 
 @PRUNERS.register("none")
 class NoPruner(StrictModel):
     """Never prune."""
 
     name: Literal["none"] = "none"
+
+    def build(self) -> Any:
+        """The Optuna pruner."""
+        import optuna
+
+        return optuna.pruners.NopPruner()
 
 
 class SearchConfig(StrictModel):

@@ -21,13 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 from metadg.config import ConfigError
 from metadg.search.space import (
     CategoricalParam,
-    CmaEsSampler,
     FloatParam,
-    HyperbandPruner,
-    MedianPruner,
     Param,
     SearchSpec,
-    TpeSampler,
     load_search,
     yaml_scalar,
 )
@@ -76,26 +72,16 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def build_sampler(spec: SearchSpec, offset: int) -> optuna.samplers.BaseSampler:
-    """The configured sampler; `offset` shifts the seed so workers and resumed runs draw new values."""
-    cfg = spec.sampler
-    seed = cfg.seed + offset
-    if isinstance(cfg, TpeSampler):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=cfg.multivariate)
-    if isinstance(cfg, CmaEsSampler):
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
-    return optuna.samplers.RandomSampler(seed=seed)
+    """The configured sampler; `offset` shifts the seed so workers and resumed runs draw new values.
+
+    Each sampler config (a SAMPLERS plugin) builds its own Optuna sampler with `build(seed)`.
+    """
+    return spec.sampler.build(spec.sampler.seed + offset)
 
 
 def build_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
-    """The configured pruner (median, hyperband or none)."""
-    cfg = spec.pruner
-    if isinstance(cfg, MedianPruner):
-        return optuna.pruners.MedianPruner(cfg.n_startup_trials, cfg.n_warmup_steps, cfg.interval_steps)
-    if isinstance(cfg, HyperbandPruner):
-        return optuna.pruners.HyperbandPruner(cfg.min_resource, cfg.max_resource, cfg.reduction_factor)
-    return optuna.pruners.NopPruner()
+    """The configured pruner: each pruner config (a PRUNERS plugin) builds its own with `build()`."""
+    return spec.pruner.build()
 
 
 def open_study(spec: SearchSpec, tracker: Tracker, worker: int = 0) -> optuna.Study:

@@ -11,8 +11,9 @@ from metadg.registry import TASKS
 from metadg.tasks import audio, classification, spoof  # noqa: F401  registers the built-in tasks and corpora
 from metadg.tasks.audio import CORPORA, Corpus, CorpusConfig, CorpusError, FileCorpus, FileCorpusConfig, Row
 from metadg.tasks.audio.corpus import corpus_spec, read_corpus
+from metadg.tasks.audio.corpus_task import CorpusTask, CorpusTaskConfig
 from metadg.tasks.base import Batch, Headline, Task, softmax
 
-__all__ = ["CORPORA", "TASKS", "ArrayLoader", "Batch", "ClassBalanced", "Corpus", "CorpusConfig", "CorpusError", "Draw",
+__all__ = ["CORPORA", "TASKS", "ArrayLoader", "Batch", "ClassBalanced", "Corpus", "CorpusConfig", "CorpusError", "CorpusTask", "CorpusTaskConfig", "Draw",
            "FileCorpus", "FileCorpusConfig", "Headline", "LoadError", "Partition", "Row", "SamplingPolicy", "Task",
            "Utterances", "corpus_spec", "read_corpus", "softmax"]

@@ -5,43 +5,29 @@ Written against metadg's public task API only (`metadg.tasks`, `metadg.config`).
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from metadg.config import ConfigError, StrictModel
-from metadg.tasks import CorpusError, Headline, Task, Utterances, corpus_spec, read_corpus
+from metadg.tasks import CorpusTask, CorpusTaskConfig, Headline, Utterances
 from metadg_plugin_example.corpus import CLASSES
 
 
-class TonePitchConfig(StrictModel):
-    """Train on tones in the source rooms, select on dev, evaluate on seen and unseen rooms."""
+class TonePitchConfig(CorpusTaskConfig):
+    """Train on tones in the source rooms, select on dev, evaluate on seen and unseen rooms.
 
-    train: dict[str, Any] = Field(description="corpus spec {name: ..., ...} of the source rooms")
-    dev: dict[str, Any] = Field(description="corpus spec for model selection (source rooms, held-out clips)")
-    eval: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named corpus specs to evaluate on")
+    CorpusTaskConfig brings train/dev/eval corpus specs (validated against each corpus'
+    own Config, errors naming the key), `domains` and `crop_samples`.
+    """
+
     domain_key: str = Field("room", description="utterance attribute whose values are the DG domains")
     crop_samples: int = Field(4000, ge=400, description="training crop length in samples (repeat-padded when shorter)")
     selection_metric: Literal["accuracy", "error_rate"] = Field(
         "accuracy", description="dev metric that picks the checkpoint (accuracy is maximised, error_rate minimised)")
 
-    # corpus_spec validates a spec against the named corpus' own Config (errors name the key).
-    @field_validator("train", "dev", mode="before")
-    @classmethod
-    def _check_corpus(cls, value: Any, info: Any) -> dict[str, Any]:
-        return corpus_spec(value, info.field_name)
 
-    @field_validator("eval", mode="before")
-    @classmethod
-    def _check_eval(cls, value: Any) -> dict[str, dict[str, Any]]:
-        if not isinstance(value, dict):
-            raise ValueError("expected a mapping of set name → corpus spec")
-        return {str(k): corpus_spec(v, f"eval.{k}") for k, v in value.items()}
-
-
-class TonePitch(Task):
+class TonePitch(CorpusTask):
     """Pitch band of synthetic tones across rooms; accuracy, error rate, accuracy per room."""
 
     Config = TonePitchConfig
@@ -59,46 +45,8 @@ class TonePitch(Task):
         """low, mid, high."""
         return CLASSES
 
-    @property
-    def domain_key(self) -> str:
-        """The attribute whose values are the domains (rooms)."""
-        return self.cfg.domain_key
-
-    @property
-    def crop_samples(self) -> int:
-        """Training crop length in samples."""
-        return self.cfg.crop_samples
-
-    def label_index(self, label: str | int) -> int:
-        """The label map handed to corpora: class name → index (an int must already be one)."""
-        if isinstance(label, (int, np.integer)) and 0 <= int(label) < self.num_classes:
-            return int(label)
-        if label in self.class_names:
-            return self.class_names.index(label)
-        raise CorpusError(f"unknown label {label!r} (valid: {', '.join(self.class_names)})")
-
-    def _read(self, spec: dict[str, Any], where: str) -> Utterances:
-        utts = read_corpus(spec, where, self.label_index)
-        if self.domain_key not in utts.attrs:
-            raise ConfigError(f"task.domain_key: {where} has no attribute {self.domain_key!r} "
-                              f"(have: {', '.join(sorted(utts.attrs))})")
-        return utts
-
-    @cached_property
-    def _train(self) -> Utterances:
-        return self._read(self.cfg.train, "task.train")
-
-    def train_set(self) -> Utterances:
-        """Clips of the source rooms."""
-        return self._train
-
-    def dev_set(self) -> Utterances:
-        """Held-out clips of the source rooms."""
-        return self._read(self.cfg.dev, "task.dev")
-
-    def eval_sets(self) -> dict[str, Utterances]:
-        """The named evaluation sets, in config order."""
-        return {name: self._read(spec, f"task.eval.{name}") for name, spec in self.cfg.eval.items()}
+    # train_set, dev_set and eval_sets come from CorpusTask: each spec is read through
+    # label_map(), which by default maps a label string to its index in class_names.
 
     # ------------------------------------------------------------ metrics
 

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from metadg.config import ConfigError, StrictModel
+from metadg.config import StrictModel
 from metadg.engine.sampling import Partition
 from metadg.engine.scoring import class_log_odds
-from metadg.registry import TASKS, unknown_name_message
-from metadg.tasks.audio.corpus import corpus_spec, read_corpus
-from metadg.tasks.base import Headline, Task, Utterances
+from metadg.registry import TASKS
+from metadg.tasks.audio.corpus import LabelMap
+from metadg.tasks.audio.corpus_task import CorpusTask, CorpusTaskConfig
+from metadg.tasks.base import Headline, Utterances
 from metadg.tasks.spoof.calibration import Calibrator
 from metadg.tasks.spoof.labels import CLASS_NAMES, normalize_label
 from metadg.tasks.spoof.metrics import act_dcf, cllr, compute_eer, min_dcf, per_domain_eer
 from metadg.tasks.spoof.rawboost import RawBoost, RawBoostConfig
 from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
 from metadg.tasks.spoof.score_files import det_png, write_scores
-
-
-_corpus_spec = corpus_spec
 
 
 class AugmentConfig(StrictModel):
@@ -34,37 +31,21 @@ class AugmentConfig(StrictModel):
     )
 
 
-class SpoofDetectionConfig(StrictModel):
-    """Train on source domains of one corpus, select on dev, evaluate on any number of sets."""
+class SpoofDetectionConfig(CorpusTaskConfig):
+    """Train on source domains (attacks) of one corpus, select on dev, evaluate on any number of sets."""
 
-    train: dict[str, Any] = Field(description="corpus spec {name: ..., split: ..., filters: ...} of the source domains")
-    dev: dict[str, Any] = Field(description="corpus spec for model selection (source domains, held-out utterances)")
-    eval: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named corpus specs to evaluate on")
     domain_key: str = Field("attack", description="utterance attribute whose values are the DG domains")
-    domains: list[str] | None = Field(None, description="source domains to train on; default: all in train")
+    crop_samples: int = Field(64600, ge=400, description="training crop length (repeat-padded when shorter)")
     share_bonafide: bool = Field(True, description="bona fide is one pool shared by all domain batches")
     bonafide_fraction: float = Field(0.5, gt=0, lt=1, description="share of each domain batch that is bona fide")
-    crop_samples: int = Field(64600, ge=400, description="training crop length (repeat-padded when shorter)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentation, e.g. {rawboost: 5}")
     calibrate: bool = Field(
         True, description="fit score→LLR calibration on dev (prior P_spoof 0.05) and report actDCF and Cllr on LLRs"
     )
 
-    @field_validator("train", "dev", mode="before")
-    @classmethod
-    def _check_corpus(cls, value: Any, info: Any) -> dict[str, Any]:
-        return _corpus_spec(value, info.field_name)
-
-    @field_validator("eval", mode="before")
-    @classmethod
-    def _check_eval(cls, value: Any) -> dict[str, dict[str, Any]]:
-        if not isinstance(value, dict):
-            raise ValueError("expected a mapping of set name → corpus spec")
-        return {str(k): _corpus_spec(v, f"eval.{k}") for k, v in value.items()}
-
 
 @TASKS.register("spoof_detection")
-class SpoofDetection(Task):
+class SpoofDetection(CorpusTask):
     """Speech deepfake detection; EER overall and per domain (official ASVspoof procedure)."""
 
     Config = SpoofDetectionConfig
@@ -76,47 +57,13 @@ class SpoofDetection(Task):
         super().__init__(cfg, seed=seed)
         self.cfg: SpoofDetectionConfig = cfg
 
-    @property
-    def domain_key(self) -> str:
-        """Attribute whose values are the domains."""
-        return self.cfg.domain_key
+    def label_map(self) -> LabelMap:
+        """bonafide/bona-fide/real/genuine → 1, spoof/fake/deepfake → 0."""
+        return normalize_label
 
-    @property
-    def crop_samples(self) -> int:
-        """Training crop length in samples."""
-        return self.cfg.crop_samples
-
-    @staticmethod
-    def _read(spec: dict[str, Any], where: str) -> Utterances:
-        return read_corpus(spec, where, normalize_label)
-
-    @cached_property
-    def _train(self) -> Utterances:
-        utts = self._read(self.cfg.train, "task.train")
-        if self.domain_key not in utts.attrs:
-            raise ConfigError(f"task.domain_key: {unknown_name_message('attribute', self.domain_key, sorted(utts.attrs))}")
-        if self.cfg.domains is not None:
-            values = utts.attr(self.domain_key)
-            present = sorted({v for v, y in zip(values, utts.labels) if y == 0})
-            missing = sorted(set(self.cfg.domains) - set(present))
-            if missing:
-                raise ConfigError(f"task.domains: {missing} not in the training data (present: {', '.join(present)})")
-            wanted = set(self.cfg.domains)
-            keep = [i for i, (v, y) in enumerate(zip(values, utts.labels)) if y == 1 or v in wanted]
-            utts = utts.subset(keep)
-        return utts
-
-    def train_set(self) -> Utterances:
-        """Training utterances (restricted to `domains` when given)."""
-        return self._train
-
-    def dev_set(self) -> Utterances:
-        """Model-selection utterances."""
-        return self._read(self.cfg.dev, "task.dev")
-
-    def eval_sets(self) -> dict[str, Utterances]:
-        """Named evaluation sets, read in config order."""
-        return {name: self._read(spec, f"task.eval.{name}") for name, spec in self.cfg.eval.items()}
+    def domain_rows(self, utts: Utterances) -> np.ndarray:
+        """Spoofs carry the domains; bona fide is kept whatever `task.domains` says."""
+        return utts.labels == 0
 
     def partition(self, utts: Utterances) -> Partition:
         """Spoofs by their `domain_key` value (the attack); bona fide shared by all domains unless `share_bonafide` is off."""
