@@ -16,7 +16,8 @@ from metadg.config import ConfigError
 from metadg.tasks.audio.loading import AudioError
 from metadg.tasks.audio.file_corpus import CorpusError
 from metadg.engine.resume import StopRequested
-from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, SCHEDULES, SELECTIONS, TASKS, RegistryError, describe
+from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, MODELS, PRUNERS, SAMPLERS, SCHEDULES, SELECTIONS, TASKS,
+                             RegistryError, describe)
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 130  # the shell convention for "stopped by a signal"
@@ -76,11 +77,16 @@ def cmd_list() -> int:
     for title, registry in (("algorithms", ALGORITHMS), ("adapters", ADAPTERS), ("tasks", TASKS),
                             ("models (backbones)", MODELS), ("models (heads)", HEADS), ("corpora", CORPORA),
                             ("selection methods (train.selection.method)", SELECTIONS),
-                            ("schedules (train.schedule)", SCHEDULES)):
+                            ("schedules (train.schedule)", SCHEDULES), ("search samplers (search.sampler)", SAMPLERS),
+                            ("search pruners (search.pruner)", PRUNERS)):
         print(f"{title}:")
         for name, cls in registry.items():
             print(f"  {name:<16} {describe(cls)}")
-            for field_name, info in getattr(getattr(cls, "Config", None), "model_fields", {}).items():
+            # A plugin's settings are its Config's fields; samplers and pruners are config classes themselves.
+            config = getattr(cls, "Config", None) or (cls if hasattr(cls, "model_fields") else None)
+            for field_name, info in getattr(config, "model_fields", {}).items():
+                if field_name == "name":
+                    continue
                 default = "required" if info.default is PydanticUndefined and info.default_factory is None else (
                     info.default_factory() if info.default_factory else info.default)
                 print(f"      {field_name} = {default!r:<18} {info.description or ''}")

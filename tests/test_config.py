@@ -128,3 +128,26 @@ def test_vars_and_environment_are_expanded(tmp_path, tiny_config, monkeypatch):
     write(tmp_path / "cycle.yaml", {**cfg, "vars": {"a": "${b}", "b": "${a}"}})
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "cycle.yaml")
+
+
+def test_moved_keys_keep_working(tiny_config, caplog):
+    # train.bonafide_fraction is now the spoof task's sampling setting; MLDG's flag was renamed.
+    old = {**tiny_config, "train": {**tiny_config["train"], "bonafide_fraction": 0.25},
+           "algorithm": {"name": "mldg", "meta_test_bonafide": False}}
+    new = {**tiny_config, "task": {**tiny_config["task"], "bonafide_fraction": 0.25},
+           "algorithm": {"name": "mldg", "meta_test_shared": False}}
+    with caplog.at_level("WARNING"):
+        assert build_experiment(old).to_dict() == build_experiment(new).to_dict()
+    assert "write task.bonafide_fraction" in caplog.text
+    assert "bonafide_fraction" not in build_experiment(old).to_dict()["train"]
+    other = {**old, "task": {"name": "audio_classification", "train": {"name": "synthetic_scenes"},
+                             "dev": {"name": "synthetic_scenes"}}}
+    with pytest.raises(ConfigError, match="moved to task.bonafide_fraction"):
+        build_experiment(other)
+
+
+def test_choices_by_name_come_from_the_registries(tiny_config):
+    for key, bad in (("schedule", "cosin"), ("selection", {"method": "orcale"})):
+        with pytest.raises(ConfigError, match="did you mean") as err:
+            build_experiment({**tiny_config, "train": {**tiny_config["train"], key: bad}})
+        assert "valid:" in str(err.value)

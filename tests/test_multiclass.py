@@ -22,6 +22,7 @@ from metadg.cli import main
 from metadg.config import build_experiment
 from metadg.engine.batcher import DomainBatcher
 from metadg.engine.build import load_trained
+from metadg.engine.checkpoint import CheckpointError
 from metadg.engine.sampling import ClassBalanced, Partition
 from metadg.engine.scoring import utterance_logits
 from metadg.engine.trainer import RunResult, Trainer
@@ -207,3 +208,19 @@ def test_search_maximises_accuracy_and_minimises_log_loss(ten_class_config, tmp_
     table = trials_table(spec(), study.trials)
     starred = [line for line in table.splitlines() if " *" in line]
     assert len(starred) == 1 and "0.9000 *" in starred[0]
+
+
+def test_checkpoints_from_before_the_class_count_load_as_two_class(ten_class_config, tiny_config):
+    # Checkpoints written before meta.json recorded num_classes are the spoof task's two-class ones.
+    spoof = Trainer(build_experiment(tiny_config)).fit()
+    ten = Trainer(build_experiment(ten_class_config)).fit()
+    for result, fits in ((spoof, True), (ten, False)):
+        meta_path = f"{result.run_dir}/checkpoints/best/meta.json"
+        meta = json.loads(open(meta_path).read())
+        meta.pop("num_classes")
+        open(meta_path, "w").write(json.dumps(meta))
+        if fits:
+            assert load_trained(f"{result.run_dir}/checkpoints/best")[1].num_classes == 2
+        else:  # a 10-class head's tensors do not fit the 2-class model: refused, not silently cut
+            with pytest.raises(CheckpointError, match="do not fit"):
+                load_trained(f"{result.run_dir}/checkpoints/best")

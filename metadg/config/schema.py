@@ -30,18 +30,15 @@ class SelectionConfig(StrictModel):
     """How the checkpoint that gets evaluated is chosen (Gulrajani & Lopez-Paz's three protocols)."""
 
     method: str = Field(
-        "training_domain",
-        description="training_domain: dev split of the source domains; leave_one_domain_out: one source domain "
-        "is kept out of training and validates; oracle: an evaluation set validates (target data; labelled oracle)",
+        "training_domain", description="a selection method by name (`metadg list` describes each one)"
     )
+    domain: str | None = Field(None, description="leave_one_domain_out: the held-out domain (default: the last, sorted)")
+    eval_set: str | None = Field(None, description="oracle: the evaluation set that validates (default: the first)")
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
         return registered(SELECTIONS, value)
-
-    domain: str | None = Field(None, description="leave_one_domain_out: the held-out domain (default: the last, sorted)")
-    eval_set: str | None = Field(None, description="oracle: the evaluation set that validates (default: the first)")
 
 
 class TrainConfig(StrictModel):
@@ -51,7 +48,7 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
-    schedule: str = Field("constant", description="learning-rate schedule after warm-up (constant, cosine)")
+    schedule: str = Field("constant", description="learning-rate schedule after warm-up, by name (`metadg list`)")
     batch_per_domain: int = Field(8, ge=2, description="utterances per source domain per step")
     class_weights: dict[str, float] | None = Field(
         None, description="cross-entropy weight per class name, e.g. {bonafide: 0.9, spoof: 0.1}"
