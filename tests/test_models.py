@@ -77,3 +77,21 @@ def test_other_ssl_families_take_lora_and_train(model_type):
     loss = nn.functional.cross_entropy(model(torch.randn(2, 4000)), torch.tensor([0, 1]))
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
+
+
+@pytest.mark.parametrize("head", ["linear", "aasist"])
+def test_embedding_split_gives_the_same_logits(head):
+    from metadg.config import validate_plugin
+    from metadg.models.classifier import build_model
+    from metadg.registry import HEADS, MODELS
+
+    torch.manual_seed(0)
+    model = build_model(validate_plugin(MODELS, {"name": "ssl", "preset": "tiny"}, "b"),
+                        validate_plugin(HEADS, {"name": head}, "h"), num_classes=3).eval()
+    x = torch.randn(2, 4000)
+    with torch.no_grad():
+        logits = model(x)
+        both, emb = model(x, with_embedding=True)
+        assert emb.shape == (2, model.embed_dim) and logits.shape == (2, 3)
+        assert torch.equal(both, logits) and torch.equal(model.head.classify(emb), logits)
+        assert torch.equal(model.embed(x), emb)

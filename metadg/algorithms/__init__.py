@@ -1,6 +1,13 @@
-"""Algorithm plugins: how gradients are formed from per-domain batches."""
+"""Algorithm plugins: one module per algorithm, each registering itself in ALGORITHMS."""
 
-from metadg.algorithms import erm, mldg  # noqa: F401  registers plugins
+import importlib
+import pkgutil
+
 from metadg.algorithms.base import Algorithm
+
+# Every module of this package is a built-in algorithm: importing it registers it.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Algorithm"]

@@ -27,9 +27,31 @@ class Algorithm(ABC):
 
     The Trainer owns optimizer, scheduler, clipping and AMP; an algorithm only
     forms gradients, so it stays small and testable against hand computations.
+    Just enough is open beyond that:
+
+    * `forward(batch, embedding=True)` gives the utterance embeddings beside the
+      logits (CORAL, MMD, DANN, mixup), in the same forward pass;
+    * `owns_step = True`: `update` changes the trainable weights itself (Fish,
+      Reptile); the Trainer then skips clipping and its optimizer step but still
+      steps the schedule (`self.lr` holds the scheduled learning rate), counts,
+      checkpoints and resumes. Such an update must leave the weights untouched when
+      its step is not finite;
+    * `after_step(step)` runs after every applied step, `after_eval(step, dev)` after
+      every validation (SWAD, EMA);
+    * `eval_weights()` names the weights that are validated and checkpointed instead
+      of the live ones (EMA); `final_weights()` replaces the selected checkpoint at
+      the end of training (SWAD's average);
+    * `self.reduce(tensors)` is the mean over data-parallel ranks (identity in one
+      process): for MLDG's inner gradient, and for per-domain scalars that must
+      agree on every rank (GroupDRO's weights, VREx's variance).
+
+    Whatever the state of an algorithm holds goes into `state_dict` (tensors and
+    plain values), which every resumable checkpoint carries.
     """
 
     Config: type[BaseModel] = StrictModel
+    #: True: update() takes the optimisation step itself (the Trainer's optimizer does not step)
+    owns_step: bool = False
 
     def __init__(
         self,
@@ -49,12 +71,35 @@ class Algorithm(ABC):
         # step); data-parallel training sets it to the mean over ranks, so every
         # rank takes the virtual step of the global batch. `.grad` is averaged by the Trainer.
         self.reduce: Callable[[Grads], Grads] = no_reduce
+        #: the scheduled learning rate of this step (set by the Trainer before update)
+        self.lr: float = 0.0
+
+    def forward(self, batch: Batch, params: Mapping[str, torch.Tensor] | None = None,
+                embedding: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits of `batch` (and its utterance embeddings when asked), at the module's parameters or at `params`."""
+        args = (batch.inputs, batch.lengths)
+        kwargs = {"with_embedding": True} if embedding else {}
+        if params is None:
+            return self.model(*args, **kwargs)
+        return functional_call(self.model, dict(params), args, kwargs)
 
     def loss(self, batch: Batch, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Loss of `batch`, at the module's own parameters or at `params` (a virtual point)."""
-        args = (batch.inputs, batch.lengths)
-        logits = self.model(*args) if params is None else functional_call(self.model, dict(params), args)
-        return self.loss_fn(logits, batch.labels)
+        return self.loss_fn(self.forward(batch, params), batch.labels)
+
+    def after_step(self, step: int) -> None:
+        """Called after every applied optimisation step (not after a skipped NaN/Inf step)."""
+
+    def after_eval(self, step: int, dev: Mapping[str, float]) -> None:
+        """Called after every validation with the dev metrics (they include `loss`, the dev cross-entropy)."""
+
+    def eval_weights(self) -> dict[str, torch.Tensor] | None:
+        """Trainable weights to validate and checkpoint instead of the live ones; None = the live ones."""
+        return None
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """Trainable weights that replace the selected checkpoint when training ends; None = keep it."""
+        return None
 
     @abstractmethod
     def update(self, batches: Mapping[str, Batch]) -> dict[str, float]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metadg.config import Experiment, TrackingConfig, dump_yaml
+from metadg.config import ConfigError, Experiment, TrackingConfig, dump_yaml
 from metadg.engine import distributed
 from metadg.engine.accounting import count_parameters
 from metadg.engine.batcher import DomainBatcher
@@ -106,8 +107,11 @@ class Trainer:
         self.model.to(self.device)
         self.params = self.adapter.trainable_parameters(self.model)
         self.fingerprint = frozen_fingerprint(self.model)
-        loss_fn = make_loss(self.task, tc.class_weights, self.device)
-        self.algorithm = exp.algorithm.build(self.model, self.params, loss_fn, seed=exp.seed)
+        self.loss_fn = make_loss(self.task, tc.class_weights, self.device)
+        self.algorithm = exp.algorithm.build(self.model, self.params, self.loss_fn, seed=exp.seed)
+        if self.algorithm.owns_step and tc.grad_accum > 1:
+            raise ConfigError(f"train.grad_accum: {exp.algorithm.name} takes its own optimisation steps, "
+                              "so gradients cannot be accumulated over draws; use grad_accum: 1")
         if self.dist.enabled:
             self.algorithm.reduce = distributed.all_mean
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -165,6 +169,7 @@ class Trainer:
                 self._loop(run_id, guard)
             if not main:  # rank 0 evaluates alone; this rank's work is done
                 return RunResult(exp.name, str(self.run_dir), 0, self.loop.step, trainable, total, full)
+            self._keep_final_weights(run_id)
             tensors, meta = read_checkpoint(self.best_dir)
             self.adapter.load_state_dict(self.model, tensors)
             results = self._evaluate(run_id, tensors, meta)
@@ -239,6 +244,7 @@ class Trainer:
         tc = self.exp.train
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        self.algorithm.lr = self.scheduler.get_last_lr()[0]
         metrics: dict[str, float] = {}
         for _ in range(tc.grad_accum):
             batches = {d: b.to(self.device) for d, b in next(self.batches).items()}
@@ -256,29 +262,59 @@ class Trainer:
             torch.stack([g.isfinite().all() for g in grads]).all() if grads else True
         )
         if not finite:
-            # A NaN/Inf step must not reach the weights: skip it, count it, and stop
-            # after too many in a row (the best checkpoint on disk stays intact).
-            self.optimizer.zero_grad(set_to_none=True)
-            self.loop.bad_steps += 1
-            self.loop.bad_steps_total += 1
-            if self.loop.bad_steps >= tc.max_bad_steps:
-                raise FloatingPointError(
-                    f"{self.loop.bad_steps} consecutive steps had NaN/Inf loss or gradients (last metrics {metrics}); "
-                    f"stopping. The best checkpoint so far is intact in {self.best_dir}"
-                )
-            return {"skipped_step": 1.0}
+            return self._skip_step(metrics)
         self.loop.bad_steps = 0
-        if tc.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
-            metrics["grad_norm"] = float(norm)
-        self.optimizer.step()
+        if self.algorithm.owns_step:  # the weights moved inside update(); nothing left to apply
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            if tc.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
+                metrics["grad_norm"] = float(norm)
+            self.optimizer.step()
         self.scheduler.step()
+        self.algorithm.after_step(self.loop.step)
         return metrics
+
+    def _skip_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        # A NaN/Inf step must not reach the weights: skip it, count it, and stop
+        # after too many in a row (the best checkpoint on disk stays intact).
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loop.bad_steps += 1
+        self.loop.bad_steps_total += 1
+        if self.loop.bad_steps >= self.exp.train.max_bad_steps:
+            raise FloatingPointError(
+                f"{self.loop.bad_steps} consecutive steps had NaN/Inf loss or gradients (last metrics {metrics}); "
+                f"stopping. The best checkpoint so far is intact in {self.best_dir}"
+            )
+        return {"skipped_step": 1.0}
+
+    @contextmanager
+    def _weights(self, weights: dict[str, torch.Tensor] | None) -> Iterator[None]:
+        """Run the block with `weights` in the trainable parameters (None: the live ones), then restore them."""
+        if weights is None:
+            yield
+            return
+        live = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, w in weights.items():
+                self.params[n].copy_(w)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, w in live.items():
+                    self.params[n].copy_(w)
 
     def _validate(self) -> tuple[dict[str, float], np.ndarray]:
         logits = utterance_logits(self.model, self.dev_set, device=self.device, progress=False,
                                   **scoring_options(self.exp.train))
-        return self.task.metrics(logits, self.dev_set), logits
+        dev = self.task.metrics(logits, self.dev_set)
+        if "loss" not in dev:  # the training loss on dev: what SWAD's window rule and plain curves read
+            ok = np.isfinite(logits).all(axis=1)
+            with torch.no_grad():
+                dev["loss"] = float(self.loss_fn(torch.from_numpy(logits[ok]).float().to(self.device),
+                                                 torch.from_numpy(self.dev_set.labels[ok]).to(self.device)))
+        return dev, logits
 
     def _loop(self, run_id: str | None, guard: SignalGuard) -> None:
         tc, metric, loop = self.exp.train, self.task.selection_metric, self.loop
@@ -316,6 +352,13 @@ class Trainer:
 
     def _validate_step(self, run_id: str | None, metric: str) -> None:
         loop, tc = self.loop, self.exp.train
+        with self._weights(self.algorithm.eval_weights()):
+            dev = self._validate_and_keep(run_id, metric)
+        self.algorithm.after_eval(loop.step, dev)
+
+    def _validate_and_keep(self, run_id: str | None, metric: str) -> dict[str, float]:
+        """Validate the weights in the model now; keep them as the best checkpoint if they improve the metric."""
+        loop, tc = self.loop, self.exp.train
         dev, logits = self._validate()
         self.tracker.log_metrics(run_id, {f"dev/{k}": v for k, v in dev.items()}, loop.step)
         if self.on_eval is not None:
@@ -334,6 +377,22 @@ class Trainer:
             if tc.patience is not None and loop.stale >= tc.patience:
                 log.info("early stop at step %d: dev %s did not improve for %d evaluations", loop.step, metric, loop.stale)
                 loop.stopped_early = True
+        return dev
+
+    def _keep_final_weights(self, run_id: str | None) -> None:
+        # An algorithm that ends on weights of its own (SWAD's average) replaces the selected checkpoint.
+        final = self.algorithm.final_weights()
+        if final is None:
+            return
+        loop = self.loop
+        with self._weights(final):
+            dev, logits = self._validate()
+            self.best_dev_scores = logits
+            loop.best_dev, loop.best_step = dev, loop.step
+            meta = {"config": self.exp.to_dict(), "step": loop.step, "dev": dev, "frozen_fingerprint": self.fingerprint,
+                    "num_classes": self.task.num_classes, "weights": self.exp.algorithm.name}
+            save_checkpoint(self.best_dir, self.adapter.state_dict(self.model), meta)
+        self.tracker.log_metrics(run_id, {f"final_dev/{k}": v for k, v in dev.items()}, loop.step)
 
     def _report_skips(self, run_id: str | None, sets: dict[str, Utterances]) -> None:
         # on_error: skip must never lose data silently: count per set and reason, log and print.

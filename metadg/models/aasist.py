@@ -260,8 +260,21 @@ class AASISTHead(nn.Module):
         self.drop = nn.Dropout(cfg.drop_out)
         self.out = nn.Linear(5 * d1, num_classes)
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the utterance embedding (the graph readout before the output layer)."""
+        return self.out.in_features
+
     def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, H) features (mask: (B, F) valid frames) → (B, num_classes) logits."""
+        return self.classify(self.embed(feats, mask))
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, embed_dim) utterance embeddings → (B, num_classes) logits."""
+        return self.out(self.drop(embedding))
+
+    def embed(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, H) features → (B, embed_dim) utterance embedding: max and mean readouts of both graphs + master node."""
         x = self.proj(feats)
         if mask is not None:
             mask = mask.bool()
@@ -294,7 +307,4 @@ class AASISTHead(nn.Module):
         # Element-wise max combines the two inference paths.
         t, s, master = (torch.maximum(a, b) for a, b in zip(*outs))
 
-        hidden = torch.cat(
-            [t.abs().amax(1), t.mean(1), s.abs().amax(1), s.mean(1), master.squeeze(1)], dim=1
-        )
-        return self.out(self.drop(hidden))
+        return torch.cat([t.abs().amax(1), t.mean(1), s.abs().amax(1), s.mean(1), master.squeeze(1)], dim=1)

@@ -9,7 +9,12 @@ from metadg.config import Plugin
 
 
 class Classifier(nn.Module):
-    """Waveforms → (B, C) logits; what a logit means is the task's business."""
+    """Waveforms → (B, C) logits, and on request the (B, D) utterance embedding they come from.
+
+    Every head splits into `embed` (pooling to one vector per utterance) and `classify`
+    (the output layer), so feature-level algorithms (CORAL, MMD, DANN, mixup of
+    embeddings, MIRO) read the embedding without a second forward pass.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int = 2) -> None:
         super().__init__()
@@ -17,10 +22,28 @@ class Classifier(nn.Module):
         self.head = head
         self.num_classes = num_classes
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) → (B, C) logits."""
+    @property
+    def embed_dim(self) -> int:
+        """Width of the utterance embedding."""
+        return self.head.embed_dim
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None,
+                with_embedding: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) → (B, C) logits; with_embedding: (logits, (B, D) embedding)."""
         feats, mask = self.backbone(inputs, lengths)
-        return self.head(feats, mask)
+        if not hasattr(self.head, "embed"):  # a third-party head without the split: logits only
+            if with_embedding:
+                raise TypeError(f"head {type(self.head).__name__} has no embed()/classify() split; "
+                                "this algorithm needs utterance embeddings")
+            return self.head(feats, mask)
+        embedding = self.head.embed(feats, mask)
+        logits = self.head.classify(embedding)
+        return (logits, embedding) if with_embedding else logits
+
+    def embed(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) → (B, D) utterance embeddings."""
+        feats, mask = self.backbone(inputs, lengths)
+        return self.head.embed(feats, mask)
 
     @staticmethod
     def score_from_logits(logits: torch.Tensor) -> torch.Tensor:

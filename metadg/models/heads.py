@@ -1,4 +1,4 @@
-"""Classification heads over frame features."""
+"""Classification heads over frame features: `embed` pools an utterance embedding, `classify` maps it to logits."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ class LinearHead(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(in_dim, num_classes)
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the utterance embedding (the pooled features)."""
+        return self.proj.in_features
+
     def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, H) features → (B, num_classes) logits."""
-        return self.proj(self.dropout(masked_mean(feats, mask)))
+        return self.classify(self.embed(feats, mask))
+
+    def embed(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, H) features → (B, H) utterance embedding: the mean over valid frames."""
+        return masked_mean(feats, mask)
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, H) utterance embeddings → (B, num_classes) logits."""
+        return self.proj(self.dropout(embedding))
