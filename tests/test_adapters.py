@@ -223,3 +223,25 @@ def test_per_head_factors_affect_only_their_own_head():
         attn.out_proj.lora_A["default"].weight[r:2 * r] += 1.0
         torch.testing.assert_close(attn.out_proj(x_zero), base_zero)  # no head-1 input, no effect
         assert not torch.allclose(attn.out_proj(x_other), ref_other)  # head-1 input, effect
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full", "head_only"])
+def test_batchnorm_statistics_travel_with_the_checkpoint(tiny_config, adapter):
+    # AASIST's BatchNorm running statistics change with training like its weights; a reloaded
+    # checkpoint that kept the fresh ones would score with untrained normalisation.
+    from metadg.config import build_experiment
+    from metadg.engine.build import load_trained
+    from metadg.engine.trainer import Trainer
+
+    tiny_config["model"]["head"] = {"name": "aasist"}
+    tiny_config["adapter"] = {"name": adapter, **({"r": 4} if adapter == "lora" else {})}
+    tiny_config["train"].update(steps=3, eval_every=3)
+    trainer = Trainer(build_experiment(tiny_config))
+    result = trainer.fit()
+    stats = {n: b.clone() for n, b in trainer.model.named_buffers() if "running_" in n}
+    assert stats and all("head." in n for n in stats)
+    _, model, _, _ = load_trained(f"{result.run_dir}/checkpoints/best")
+    reloaded = dict(model.named_buffers())
+    for name, value in stats.items():
+        torch.testing.assert_close(reloaded[name], value, msg=name)
+    assert any(not torch.allclose(v, torch.zeros_like(v)) for n, v in stats.items() if n.endswith("running_mean"))

@@ -34,14 +34,31 @@ class Adapter(ABC):
         """Parameters this adapter inserted into the model (none unless overridden)."""
         return {}
 
+    def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Buffers of the modules that train (BatchNorm running statistics): they change with training too."""
+        out = {}
+        for prefix, module in model.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                for name, buf in module.named_buffers(recurse=False):
+                    if buf is not None:
+                        out[f"{prefix}.{name}" if prefix else name] = buf
+        return out
+
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Only the trained tensors, detached and contiguous (safetensors-ready)."""
-        return {n: p.detach().contiguous() for n, p in self.trainable_parameters(model).items()}
+        """The trained tensors and the buffers of trained modules, detached and contiguous (safetensors-ready)."""
+        tensors = {n: p.detach().contiguous() for n, p in self.trainable_parameters(model).items()}
+        return tensors | {n: b.detach().contiguous() for n, b in self.trained_buffers(model).items()}
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Load trained tensors; the key set must match what this adapter trains."""
-        params = self.trainable_parameters(model)
-        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        """Load trained tensors; the key set must match what this adapter trains.
+
+        Buffers may be missing: checkpoints before 0.2 did not save them (their BatchNorm
+        statistics are then the model's own).
+        """
+        params = self.trainable_parameters(model) | self.trained_buffers(model)
+        buffers = set(self.trained_buffers(model))
+        missing = sorted(set(params) - set(state) - buffers)
+        unexpected = sorted(set(state) - set(params))
         if missing or unexpected:
             raise KeyError(
                 f"adapter state does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
@@ -49,7 +66,7 @@ class Adapter(ABC):
             )
         with torch.no_grad():
             for name, tensor in state.items():
-                if params[name].shape != tensor.shape:
+                if params[name].shape != tensor.shape or params[name].dtype.is_floating_point != tensor.dtype.is_floating_point:
                     raise ValueError(f"adapter state {name}: shape {tuple(tensor.shape)} != {tuple(params[name].shape)}")
                 params[name].copy_(tensor)
 

@@ -46,7 +46,9 @@ class Algorithm(ABC):
       agree on every rank (GroupDRO's weights, VREx's variance).
 
     Whatever the state of an algorithm holds goes into `state_dict` (tensors and
-    plain values), which every resumable checkpoint carries.
+    plain values), which every resumable checkpoint carries. `state_dict` may return
+    live tensors (the Trainer writes them out at once); a caller that keeps a
+    snapshot while training goes on copies it (`copy.deepcopy`).
     """
 
     Config: type[BaseModel] = StrictModel

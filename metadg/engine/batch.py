@@ -47,7 +47,8 @@ class Batch:
         lengths = shared = None
         if any(b.lengths is not None for b in batches):
             lengths = torch.cat([
-                b.lengths if b.lengths is not None else torch.full((len(b),), b.inputs.shape[-1]) for b in batches
+                b.lengths if b.lengths is not None else torch.full((len(b),), b.inputs.shape[-1], device=b.inputs.device)
+                for b in batches
             ])
         if any(b.shared is not None for b in batches):
             shared = torch.cat([b.shared_mask() for b in batches])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -109,9 +110,13 @@ class Trainer:
         self.fingerprint = frozen_fingerprint(self.model)
         self.loss_fn = make_loss(self.task, tc.class_weights, self.device)
         self.algorithm = exp.algorithm.build(self.model, self.params, self.loss_fn, seed=exp.seed)
-        if self.algorithm.owns_step and tc.grad_accum > 1:
-            raise ConfigError(f"train.grad_accum: {exp.algorithm.name} takes its own optimisation steps, "
-                              "so gradients cannot be accumulated over draws; use grad_accum: 1")
+        if self.algorithm.owns_step:
+            if tc.grad_accum > 1:
+                raise ConfigError(f"train.grad_accum: {exp.algorithm.name} takes its own optimisation steps, "
+                                  "so gradients cannot be accumulated over draws; use grad_accum: 1")
+            if tc.weight_decay or tc.grad_clip is not None:
+                log.warning("%s takes its own optimisation steps: train.weight_decay and train.grad_clip do not "
+                            "apply to it (train.lr does, as its scheduled step size)", exp.algorithm.name)
         if self.dist.enabled:
             self.algorithm.reduce = distributed.all_mean
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -271,7 +276,10 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
                 metrics["grad_norm"] = float(norm)
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # The optimizer never steps under an algorithm that owns its step; torch would say so every run.
+            warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)` before `optimizer\.step\(\)")
+            self.scheduler.step()
         self.algorithm.after_step(self.loop.step)
         return metrics
 
