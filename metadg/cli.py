@@ -16,7 +16,7 @@ from metadg.config import ConfigError
 from metadg.tasks.audio.loading import AudioError
 from metadg.tasks.audio.file_corpus import CorpusError
 from metadg.engine.resume import StopRequested
-from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, MODELS, PRUNERS, SAMPLERS, SCHEDULES, SELECTIONS, TASKS,
+from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, LOSSES, MODELS, PRUNERS, SAMPLERS, SCHEDULES, SELECTIONS, TASKS,
                              RegistryError, describe)
 
 EXIT_USAGE = 2
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upload", help="send runs logged while the MLflow server was unreachable (their tracking.jsonl)")
     up.add_argument("paths", nargs="+", help="run folders, folders of them (a benchmark), or tracking.jsonl files")
     up.add_argument("--uri", help="MLflow tracking URI to send to (default: the one each run was started with)")
+    soup = sub.add_parser("soup", help="average the weights of runs sharing one base model (model soup) into a new run folder")
+    soup.add_argument("runs", nargs="+", help="run folders (or their checkpoints/best folders) of one model and base")
+    soup.add_argument("--out", required=True, help="run folder to write the soup into (must not exist or be empty)")
+    soup.add_argument("--greedy", action="store_true",
+                      help="greedy soup: add runs in order of dev score while the soup's dev metric improves (default: uniform mean)")
+    soup.add_argument("--device", default="cpu")
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
     params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
     params.add_argument("config")
@@ -74,7 +80,7 @@ def cmd_list() -> int:
     """Print every registry, its plugins, their descriptions and hyperparameters with defaults."""
     from metadg.tasks.audio.corpus import CORPORA
 
-    for title, registry in (("algorithms", ALGORITHMS), ("adapters", ADAPTERS), ("tasks", TASKS),
+    for title, registry in (("algorithms", ALGORITHMS), ("adapters", ADAPTERS), ("losses", LOSSES), ("tasks", TASKS),
                             ("models (backbones)", MODELS), ("models (heads)", HEADS), ("corpora", CORPORA),
                             ("selection methods (train.selection.method)", SELECTIONS),
                             ("schedules (train.schedule)", SCHEDULES), ("search samplers (search.sampler)", SAMPLERS),
@@ -157,6 +163,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     scored, failed = score_files(_checkpoint_dir(args.checkpoint), args.paths, args.out, device=args.device)
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
     return 0 if scored or not failed else 1
+
+
+def cmd_soup(args: argparse.Namespace) -> int:
+    """Make a uniform or greedy soup and print the kept runs, its dev metric and headline metrics per eval set."""
+    from metadg.engine.soup import make_soup
+
+    soup = make_soup([Path(p) for p in args.runs], Path(args.out), greedy=args.greedy, device=args.device)
+    res = soup.result
+    print(f"{soup.method} soup of {len(soup.runs)} run(s), kept {len(soup.kept)}: {', '.join(soup.kept)}")
+    heads = _headline(Path(res.run_dir) / "checkpoints" / "best")
+    dev = [f"dev {h.label} {h.show(res.dev.get(h.key, float('nan')))}" for h in heads]
+    if soup.metric not in {h.key for h in heads}:  # the selection metric decides a greedy soup: always show it
+        dev.insert(0, f"dev {soup.metric} {res.dev.get(soup.metric, float('nan')):.4f}")
+    print("  ".join(dev))
+    for name, metrics in res.eval.items():
+        shown = "  ".join(f"{h.label} {h.show(metrics[h.key])}" for h in heads if h.key in metrics)
+        print(f"  {name:<20} {shown}")
+    print(f"run folder: {res.run_dir}")
+    return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -304,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_score(args)
         if args.command == "upload":
             return cmd_upload(args)
+        if args.command == "soup":
+            return cmd_soup(args)
         if args.command == "search":
             return cmd_search(args)
         return cmd_bench(args)

@@ -124,6 +124,7 @@ MODELS: Registry[Any] = Registry("backbone", "metadg.models", "metadg.models")
 # Heads are the second half of a model; a separate registry keeps `ssl` and
 # `linear` from sharing one namespace (see DESIGN §1, models = backbone + head).
 HEADS: Registry[Any] = Registry("head", "metadg.heads", "metadg.models")
+LOSSES: Registry[Any] = Registry("loss", "metadg.losses", "metadg.losses")
 # Choices made by name inside the engine and the search use the same Registry.
 SELECTIONS: Registry[Any] = Registry("selection method", "metadg.selection_methods", "metadg.engine.selection")
 SCHEDULES: Registry[Any] = Registry("schedule", "metadg.schedules", "metadg.engine.schedules")

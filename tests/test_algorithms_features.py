@@ -65,6 +65,9 @@ class FeatNet(nn.Module):
         logits = self.head.classify(z)
         return (logits, z) if with_embedding else logits
 
+    def classify(self, embedding):
+        return self.head.classify(embedding)
+
 
 def manual_embed(theta, net, x):
     """The embedding written out as matrix algebra on a flat parameter dict (no modules)."""

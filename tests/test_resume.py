@@ -186,3 +186,20 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_code_130(tiny_c
     assert "stopped by SIGTERM" in err and f"metadg run {run_dir}" in err
     step = load_state(run_dir)[2]["step"]
     assert 50 <= step < 100000
+
+
+def test_a_run_saved_with_pre_0_2_config_keys_resumes(tiny_config, tmp_path):
+    # An unfinished run from before train.bonafide_fraction moved to the task still resumes.
+    tiny_config["train"].update({"steps": 4, "eval_every": 2, "checkpoint_every": 2})
+
+    def interrupt(step, dev):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(StopRequested):
+        Trainer(build_experiment(tiny_config), run_dir=tmp_path / "run", on_eval=interrupt).fit()
+    meta_path = state_dir(tmp_path / "run") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    config = meta["config"]
+    config["train"]["bonafide_fraction"] = config["task"].pop("bonafide_fraction")  # as 0.1 wrote it
+    meta_path.write_text(json.dumps(meta))
+    assert Trainer(build_experiment(config), run_dir=tmp_path / "run").fit().steps_done == 4

@@ -134,7 +134,7 @@ class MIRO(Algorithm):
         batch, head = Batch.cat(list(batches.values())), self.model.head
         feats, mask = self.model.backbone(batch.inputs, batch.lengths)
         # (a third-party head without the embed/classify split gives logits directly)
-        logits = head.classify(head.embed(feats, mask)) if hasattr(head, "embed") else head(feats, mask)
+        logits = self.model.classify(head.embed(feats, mask)) if hasattr(head, "embed") else head(feats, mask)
         f = masked_mean(feats, mask)
         f_pre = self.pretrained_features(batch) if self.trains_backbone else f.detach()
         self._ensure(f.shape[-1], f)

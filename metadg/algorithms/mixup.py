@@ -72,7 +72,7 @@ class Mixup(Algorithm):
             for (i, j), lam in zip(pairs, lams):
                 n = min(len(batches[i]), len(batches[j]))
                 mixes.append(lam * emb[i][:n] + (1 - lam) * emb[j][:n])
-            logits = self.model.head.classify(torch.cat(mixes)).split([len(m) for m in mixes])
+            logits = self.model.classify(torch.cat(mixes)).split([len(m) for m in mixes])
         terms = []
         for (i, j), lam, lg in zip(pairs, lams, logits):
             n = len(lg)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 # The registries are part of this namespace (as when the config was one module): experiment.py reads
 # them from here at call time, so `metadg.config.ALGORITHMS` is the name to replace in tests.
-from metadg.registry import ADAPTERS, ALGORITHMS, HEADS, MODELS, SCHEDULES, SELECTIONS, TASKS, Registry, unknown_name_message
+from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, LOSSES, MODELS, SCHEDULES, SELECTIONS, TASKS, Registry,
+                             unknown_name_message)
 from metadg.config.schema import ConfigError, SelectionConfig, StrictModel, TrackingConfig, TrainConfig, registered
 from metadg.config.yaml_io import MAX_YAML_NODES, _check_nodes, dump_yaml, parse_yaml, read_yaml
 from metadg.config.compose import (
@@ -27,7 +28,7 @@ from metadg.config.experiment import (
 )
 
 __all__ = [
-    "ADAPTERS", "ALGORITHMS", "BENCH_KEYS", "HEADS", "MAX_EXPANDED_CHARS", "MAX_YAML_NODES", "MODELS", "SCHEDULES",
+    "ADAPTERS", "ALGORITHMS", "BENCH_KEYS", "HEADS", "LOSSES", "MAX_EXPANDED_CHARS", "MAX_YAML_NODES", "MODELS", "SCHEDULES",
     "SELECTIONS", "TASKS", "TOP_KEYS", "ConfigError", "Experiment", "Plugin", "Registry", "SelectionConfig",
     "StrictModel", "TrackingConfig", "TrainConfig", "apply_overrides", "build_experiment", "deep_merge", "dump_yaml",
     "expand_vars", "format_validation_error", "load_config", "load_raw", "parse_override", "parse_yaml", "read_yaml",

@@ -33,6 +33,7 @@ class Experiment:
     train: TrainConfig
     tracking: TrackingConfig
     source: str = "<dict>"
+    loss: Plugin | None = None  # None: cross_entropy (experiments built before losses were plugins)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (defaults filled in); reloading it gives the same Experiment."""
@@ -44,6 +45,7 @@ class Experiment:
             "model": {"backbone": self.backbone.as_dict(), "head": self.head.as_dict()},
             "adapter": self.adapter.as_dict(),
             "algorithm": self.algorithm.as_dict(),
+            **({"loss": self.loss.as_dict()} if self.loss is not None else {}),
             "train": self.train.model_dump(mode="json"),
             "tracking": self.tracking.model_dump(mode="json"),
         }
@@ -91,6 +93,7 @@ TOP_KEYS: Mapping[str, str] = _SectionHelp({
     "model": "{backbone: {name: ...}, head: {name: ...}}",
     "adapter": lambda: f"which parameters train: {{name: {_names('ADAPTERS')}, ...}}",
     "algorithm": lambda: f"how gradients are formed: {{name: {_names('ALGORITHMS')}, ...}}",
+    "loss": lambda: f"the training objective: {{name: {_names('LOSSES')}, ...}} (default cross_entropy)",
     "train": "optimisation schedule",
     "tracking": "MLflow settings",
 })
@@ -157,6 +160,7 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
         train=_validate_section(TrainConfig, data.get("train"), "train"),
         tracking=_validate_section(TrackingConfig, data.get("tracking"), "tracking"),
         source=source,
+        loss=validate_plugin(registries.LOSSES, data.get("loss", {"name": "cross_entropy"}), "loss"),
     )
 
 

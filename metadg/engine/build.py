@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from metadg.adapters.base import Adapter
-from metadg.config import Experiment, build_experiment
+from metadg.config import ConfigError, Experiment, build_experiment, validate_plugin
+from metadg.registry import LOSSES
 from metadg.engine.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint
 from metadg.models.classifier import Classifier, build_model
 
@@ -34,23 +35,39 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model_and_adapter(exp: Experiment, num_classes: int = 2) -> tuple[Classifier, Adapter]:
-    """The model with its adapter applied; the base weights depend only on exp.seed."""
+    """The model with its adapter applied (and a margin loss's output layer); the base weights depend only on exp.seed."""
     torch.manual_seed(exp.seed)
     model = build_model(exp.backbone, exp.head, num_classes)
     adapter = exp.adapter.build()
     adapter.apply(model)
+    output = _loss(exp, num_classes).output_layer(model.embed_dim)
+    if output is not None:
+        if not hasattr(model.head, "output_layer"):
+            raise ConfigError(f"loss: {exp.loss.name} brings its own output layer; head "
+                              f"{exp.head.name!r} does not say which of its layers that replaces")
+        model.output = output.to(next(model.parameters()).device)
+        for p in model.head.output_layer.parameters():  # unused now: neither trained nor counted
+            p.requires_grad_(False)
     return model, adapter
 
 
-def make_loss(task: Task, class_weights: dict[str, float] | None, device: torch.device) -> nn.Module:
-    """Cross-entropy, weighted per class name when asked."""
+def _loss(exp: Experiment, num_classes: int, weight: torch.Tensor | None = None) -> nn.Module:
+    loss = exp.loss if exp.loss is not None else validate_plugin(LOSSES, {"name": "cross_entropy"}, "loss")
+    try:
+        return loss.build(num_classes, weight)
+    except ValueError as exc:  # e.g. a two-class loss on a ten-class task
+        raise ConfigError(f"loss.name: {exc}") from None
+
+
+def make_loss(exp: Experiment, task: Task, device: torch.device) -> nn.Module:
+    """The experiment's loss as the training criterion, weighted per class name when train.class_weights asks."""
     weight = None
-    if class_weights:
+    if exp.train.class_weights:
         weight = torch.ones(task.num_classes)
-        for name, w in class_weights.items():
+        for name, w in exp.train.class_weights.items():
             weight[task.class_index(name)] = w
         weight = weight.to(device)
-    return nn.CrossEntropyLoss(weight=weight)
+    return _loss(exp, task.num_classes, weight)
 
 
 def checkpoint_classes(meta: dict[str, Any], where: str) -> int:

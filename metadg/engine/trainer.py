@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metadg.config import ConfigError, Experiment, TrackingConfig, dump_yaml
+from metadg.config import ConfigError, Experiment, TrackingConfig, build_experiment, dump_yaml
 from metadg.engine import distributed
 from metadg.engine.accounting import count_parameters
 from metadg.engine.batcher import DomainBatcher
@@ -43,6 +43,16 @@ def improved(value: float, best: float | None, direction: str) -> bool:
     if best is None or not math.isfinite(best):
         return True
     return value > best if direction == "max" else value < best
+
+
+def _resolved(config: Any) -> Any:
+    """A saved config as this version resolves it (moved keys moved, new defaults filled in)."""
+    if not isinstance(config, dict):
+        return config
+    try:
+        return build_experiment(config, source="saved state").to_dict()
+    except ConfigError:
+        return config
 
 
 @dataclass
@@ -108,7 +118,7 @@ class Trainer:
         self.model.to(self.device)
         self.params = self.adapter.trainable_parameters(self.model)
         self.fingerprint = frozen_fingerprint(self.model)
-        self.loss_fn = make_loss(self.task, tc.class_weights, self.device)
+        self.loss_fn = make_loss(exp, self.task, self.device)
         self.algorithm = exp.algorithm.build(self.model, self.params, self.loss_fn, seed=exp.seed)
         if self.algorithm.owns_step:
             if tc.grad_accum > 1:
@@ -197,7 +207,7 @@ class Trainer:
         if not state_dir(self.run_dir).exists() and not state_dir(self.run_dir).with_name("last.old").exists():
             return None
         tensors, parts, meta = load_state(self.run_dir)
-        if meta.get("config") != self.exp.to_dict():
+        if _resolved(meta.get("config")) != self.exp.to_dict():
             raise CheckpointError(
                 f"{self.run_dir} holds an unfinished run of a different config; resume it with "
                 f"`metadg run {self.run_dir}` or choose another output folder"

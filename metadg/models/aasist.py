@@ -261,6 +261,11 @@ class AASISTHead(nn.Module):
         self.out = nn.Linear(5 * d1, num_classes)
 
     @property
+    def output_layer(self) -> nn.Module:
+        """The final layer, frozen when a margin loss brings its own."""
+        return self.out
+
+    @property
     def embed_dim(self) -> int:
         """Width of the utterance embedding (the graph readout before the output layer)."""
         return self.out.in_features

@@ -21,6 +21,8 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.num_classes = num_classes
+        #: a loss's own output layer (margin losses) replacing the head's; None: the head's
+        self.output: nn.Module | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -37,8 +39,12 @@ class Classifier(nn.Module):
                                 "this algorithm needs utterance embeddings")
             return self.head(feats, mask)
         embedding = self.head.embed(feats, mask)
-        logits = self.head.classify(embedding)
+        logits = self.head.classify(embedding) if self.output is None else self.output(embedding)
         return (logits, embedding) if with_embedding else logits
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D) utterance embeddings → (B, C) logits, through the loss's output layer if it has one."""
+        return self.head.classify(embedding) if self.output is None else self.output(embedding)
 
     def embed(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) → (B, D) utterance embeddings."""

@@ -36,6 +36,11 @@ class LinearHead(nn.Module):
         self.proj = nn.Linear(in_dim, num_classes)
 
     @property
+    def output_layer(self) -> nn.Module:
+        """The final layer, frozen when a margin loss brings its own."""
+        return self.proj
+
+    @property
     def embed_dim(self) -> int:
         """Width of the utterance embedding (the pooled features)."""
         return self.proj.in_features
