@@ -1,4 +1,4 @@
-"""The `metadg` command: run, bench, search, eval, score, params, list, upload."""
+"""The `metadg` command: run, bench, search, eval, score, soup, params, list, upload."""
 
 from __future__ import annotations
 
