@@ -15,6 +15,7 @@ from metadg.config import StrictModel, validate_plugin
 from metadg.models import build_model
 from metadg.registry import ADAPTERS, HEADS, MODELS
 from metadg.engine.batch import Batch
+from tiny_nets import TinyNet, grads_of, make_batches, manual_loss, trainable
 
 
 
@@ -25,41 +26,6 @@ def double_precision():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
-
-
-class TinyNet(nn.Module):
-    """Frozen tanh feature layer + trainable linear head; forward(inputs, lengths) like a Classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(6, 5)
-        self.frozen.requires_grad_(False)
-        self.hidden = nn.Linear(5, 4)
-        self.out = nn.Linear(4, 2)
-
-    def forward(self, x, lengths=None):
-        return self.out(torch.tanh(self.hidden(torch.tanh(self.frozen(x)))))
-
-
-def manual_loss(theta: dict[str, torch.Tensor], net: TinyNet, batch: Batch) -> torch.Tensor:
-    """The same network written out as matrix algebra on a flat parameter dict (no modules)."""
-    h = torch.tanh(batch.inputs @ net.frozen.weight.T + net.frozen.bias)
-    h = torch.tanh(h @ theta["hidden.weight"].T + theta["hidden.bias"])
-    logits = h @ theta["out.weight"].T + theta["out.bias"]
-    return nn.functional.cross_entropy(logits, batch.labels)
-
-
-def make_batches(n_domains=3, n=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {f"d{i}": Batch(torch.randn(n, 6, generator=g), torch.randint(0, 2, (n,), generator=g)) for i in range(n_domains)}
-
-
-def trainable(net):
-    return {k: p for k, p in net.named_parameters() if p.requires_grad}
-
-
-def grads_of(params):
-    return {k: p.grad.detach().clone() for k, p in params.items()}
 
 
 def test_erm_gradient_equals_pooled_batch_gradient():

@@ -16,6 +16,7 @@ from metadg.config import ConfigError, build_experiment, validate_plugin
 from metadg.engine.batch import Batch
 from metadg.engine.trainer import Trainer
 from metadg.registry import ALGORITHMS
+from tiny_nets import TinyNet, make_batches, manual_loss
 
 
 @pytest.fixture
@@ -25,32 +26,6 @@ def double():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
-
-
-class TinyNet(nn.Module):
-    """Frozen tanh feature layer + trainable hidden and output layers; forward(inputs, lengths)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(6, 5)
-        self.frozen.requires_grad_(False)
-        self.hidden = nn.Linear(5, 4)
-        self.out = nn.Linear(4, 2)
-
-    def forward(self, x, lengths=None):
-        return self.out(torch.tanh(self.hidden(torch.tanh(self.frozen(x)))))
-
-
-def manual_loss(theta, net, batch):
-    """The same network as matrix algebra on a flat parameter dict (no modules)."""
-    h = torch.tanh(batch.inputs @ net.frozen.weight.T + net.frozen.bias)
-    h = torch.tanh(h @ theta["hidden.weight"].T + theta["hidden.bias"])
-    return nn.functional.cross_entropy(h @ theta["out.weight"].T + theta["out.bias"], batch.labels)
-
-
-def make_batches(n_domains=3, n=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {f"d{i}": Batch(torch.randn(n, 6, generator=g), torch.randint(0, 2, (n,), generator=g)) for i in range(n_domains)}
 
 
 def setup(seed=0):

@@ -27,6 +27,7 @@ from metadg.engine.checkpoint import pack_state, read_checkpoint, unpack_state
 from metadg.engine.resume import StopRequested
 from metadg.engine.trainer import Trainer
 from metadg.registry import ALGORITHMS
+from tiny_nets import TinyNet, manual_logits
 
 
 @pytest.fixture
@@ -36,26 +37,6 @@ def double_precision():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
-
-
-class TinyNet(nn.Module):
-    """Frozen tanh feature layer + trainable linear head; forward(inputs, lengths) like a Classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(6, 5)
-        self.frozen.requires_grad_(False)
-        self.hidden = nn.Linear(5, 4)
-        self.out = nn.Linear(4, 2)
-
-    def forward(self, x, lengths=None):
-        return self.out(torch.tanh(self.hidden(torch.tanh(self.frozen(x)))))
-
-
-def manual_logits(theta, net, batch):
-    """The same network as matrix algebra on a flat parameter dict (no modules)."""
-    h = torch.tanh(batch.inputs @ net.frozen.weight.T + net.frozen.bias)
-    return torch.tanh(h @ theta["hidden.weight"].T + theta["hidden.bias"]) @ theta["out.weight"].T + theta["out.bias"]
 
 
 def weighted_ce(z, y, w):
