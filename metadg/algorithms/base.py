@@ -123,3 +123,26 @@ def accumulate_grad(params: Mapping[str, nn.Parameter], grads: Mapping[str, torc
             continue
         p = params[name]
         p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+
+
+# Helpers several algorithms share: per-domain losses from one pooled forward pass, rank means.
+
+
+def domain_logits(algo: Algorithm, batches: Mapping[str, Batch], domains: list[str]) -> list[torch.Tensor]:
+    """Each domain's logits, in the order of `domains`, from one forward pass over the pooled batch."""
+    # One forward pass over every domain (cost ≈ ERM), then each domain's loss on its own slice.
+    logits = algo.forward(Batch.cat([batches[d] for d in domains]))
+    return list(logits.split([len(batches[d]) for d in domains]))
+
+
+def domain_losses(algo: Algorithm, batches: Mapping[str, Batch], domains: list[str]) -> torch.Tensor:
+    """Per-domain losses (D,) in the order of `domains`."""
+    parts = domain_logits(algo, batches, domains)
+    return torch.stack([algo.loss_fn(z, batches[d].labels) for z, d in zip(parts, domains)])
+
+
+def ranks_mean(algo: Algorithm, local: torch.Tensor) -> torch.Tensor:
+    """The mean of `local` over data-parallel ranks as value, with the gradient flowing into this rank's `local`."""
+    glob = algo.reduce([local.detach().clone()])[0]
+    # Exactly `glob` in the forward pass (local − local.detach() is 0), the identity in the backward pass.
+    return glob + (local - local.detach())

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from pydantic import Field
 
-from metadg.algorithms.base import Algorithm
+from metadg.algorithms.base import Algorithm, domain_losses
 from metadg.config import StrictModel
 from metadg.engine.batch import Batch
 from metadg.registry import ALGORITHMS
@@ -21,19 +21,6 @@ class GroupDROConfig(StrictModel):
         description="step size of the domain weights, q_d ← q_d·exp(η·ℓ_d) then normalised "
         "(Sagawa et al. 2020, Alg. 1; DomainBed groupdro_eta 1e-2)",
     )
-
-
-def domain_logits(algo: Algorithm, batches: Mapping[str, Batch], domains: list[str]) -> list[torch.Tensor]:
-    """Each domain's logits, in the order of `domains`, from one forward pass over the pooled batch."""
-    # One forward pass over every domain (cost ≈ ERM), then each domain's loss on its own slice.
-    logits = algo.forward(Batch.cat([batches[d] for d in domains]))
-    return list(logits.split([len(batches[d]) for d in domains]))
-
-
-def domain_losses(algo: Algorithm, batches: Mapping[str, Batch], domains: list[str]) -> torch.Tensor:
-    """Per-domain losses (D,) in the order of `domains`."""
-    parts = domain_logits(algo, batches, domains)
-    return torch.stack([algo.loss_fn(z, batches[d].labels) for z, d in zip(parts, domains)])
 
 
 @ALGORITHMS.register("groupdro")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import torch
 from pydantic import Field
 
-from metadg.algorithms.groupdro import domain_logits
-from metadg.algorithms.vrex import AnnealedPenalty, ranks_mean
+from metadg.algorithms.base import domain_logits, ranks_mean
+from metadg.algorithms.vrex import AnnealedPenalty
 from metadg.config import StrictModel
 from metadg.engine.batch import Batch
 from metadg.registry import ALGORITHMS

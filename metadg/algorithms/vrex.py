@@ -7,8 +7,7 @@ from collections.abc import Mapping
 import torch
 from pydantic import Field
 
-from metadg.algorithms.base import Algorithm
-from metadg.algorithms.groupdro import domain_losses
+from metadg.algorithms.base import Algorithm, domain_losses, ranks_mean
 from metadg.config import StrictModel
 from metadg.engine.batch import Batch
 from metadg.registry import ALGORITHMS
@@ -27,13 +26,6 @@ class VRExConfig(StrictModel):
         description="optimisation steps during which the penalty weight is 1.0 before λ applies "
         "(DomainBed vrex_penalty_anneal_iters 500)",
     )
-
-
-def ranks_mean(algo: Algorithm, local: torch.Tensor) -> torch.Tensor:
-    """The mean of `local` over data-parallel ranks as value, with the gradient flowing into this rank's `local`."""
-    glob = algo.reduce([local.detach().clone()])[0]
-    # Exactly `glob` in the forward pass (local − local.detach() is 0), the identity in the backward pass.
-    return glob + (local - local.detach())
 
 
 class AnnealedPenalty(Algorithm):
