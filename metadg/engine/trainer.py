@@ -125,8 +125,9 @@ class Trainer:
                 raise ConfigError(f"train.grad_accum: {exp.algorithm.name} takes its own optimisation steps, "
                                   "so gradients cannot be accumulated over draws; use grad_accum: 1")
             if tc.weight_decay or tc.grad_clip is not None:
-                log.warning("%s takes its own optimisation steps: train.weight_decay and train.grad_clip do not "
-                            "apply to it (train.lr does, as its scheduled step size)", exp.algorithm.name)
+                log.warning("%s takes its own optimisation steps: train.weight_decay and train.grad_clip do not apply "
+                            "to it (its step size is the scheduled train.lr unless its own config sets one)",
+                            exp.algorithm.name)
         if self.dist.enabled:
             self.algorithm.reduce = distributed.all_mean
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=tc.lr, weight_decay=tc.weight_decay)
