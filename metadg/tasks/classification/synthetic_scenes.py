@@ -15,11 +15,6 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import json
-import logging
-import os
-import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +23,11 @@ import numpy as np
 from scipy import signal
 from tqdm import tqdm
 
+from metadg.tasks.audio.generated import cache_path, cached_split, child_rng
+
 __all__ = ["SAMPLE_RATE", "CLASSES", "SEEN_DEVICES", "UNSEEN_DEVICES", "ALL_DEVICES", "SPLITS",
            "GENERATOR_VERSION", "ScenesSplit", "synthesize_scene", "apply_device", "generate_split", "load_split"]
 
-log = logging.getLogger(__name__)
 SAMPLE_RATE: int = 16000
 CLASSES: tuple[str, ...] = ("airport", "bus", "metro", "park", "shopping_mall", "street_traffic")
 SEEN_DEVICES: tuple[str, ...] = ("a", "b", "c", "s1", "s2", "s3")
@@ -368,11 +364,6 @@ def _resolve(split: str, seed: int, n_per_class: int, duration_s: float,
     return resolved
 
 
-def _child(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
-    """Generator of the root's descendant at key, independent of sibling counts."""
-    return np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + key))
-
-
 def generate_split(split: str, *, seed: int = 0, n_per_class: int, duration_s: float,
                    devices: Sequence[str] | None = None) -> ScenesSplit:
     """Generates n_per_class clips per class and device, deterministically from (seed, split)."""
@@ -385,10 +376,10 @@ def generate_split(split: str, *, seed: int = 0, n_per_class: int, duration_s: f
     waves = np.empty((len(jobs), n), dtype=np.float32)
     locations = []
     for row, (c, dev, i) in enumerate(tqdm(jobs, desc=f"scenes {split}", disable=None, leave=False)):
-        rng = _child(root, 1, c, ALL_DEVICES.index(dev), i)
+        rng = child_rng(root, 1, c, ALL_DEVICES.index(dev), i)
         loc = int(rng.integers(_N_LOCATIONS))
         locations.append(f"loc-{split}-{c * _N_LOCATIONS + loc:03d}")
-        waves[row] = apply_device(dev, _scene(CLASSES[c], _child(root, 0, c, loc), rng, n, SAMPLE_RATE),
+        waves[row] = apply_device(dev, _scene(CLASSES[c], child_rng(root, 0, c, loc), rng, n, SAMPLE_RATE),
                                   rng, SAMPLE_RATE)
     return ScenesSplit(
         ids=[f"{CLASSES[c]}-{split}-{i:04d}-{dev}" for c, dev, i in jobs],
@@ -403,42 +394,17 @@ def generate_split(split: str, *, seed: int = 0, n_per_class: int, duration_s: f
 _COLUMNS = ("ids", "scenes", "devices", "locations")
 
 
-def _read_cache(path: Path, n_rows: int, n_samples: int) -> ScenesSplit:
-    """Loads a cached split, raising ValueError if it is not the expected shape."""
-    with np.load(path, allow_pickle=False) as z:
-        data = ScenesSplit(waves=z["waves"], labels=z["labels"], **{k: z[k].tolist() for k in _COLUMNS})
-    if data.waves.shape != (n_rows, n_samples) or data.waves.dtype != np.float32 or data.labels.shape != (n_rows,) \
-            or any(len(getattr(data, k)) != n_rows for k in _COLUMNS):
-        raise ValueError(f"cache file {path} does not match its arguments")
-    return data
-
-
 def load_split(split: str, *, cache_dir: str | Path, seed: int = 0, n_per_class: int, duration_s: float,
                devices: Sequence[str] | None = None) -> ScenesSplit:
-    """generate_split cached as an .npz keyed by a hash of all arguments (uncompressed: audio barely compresses)."""
+    """generate_split cached as an .npz keyed by a hash of all arguments."""
     devices = _resolve(split, seed, n_per_class, duration_s, devices)
-    key = json.dumps({"split": split, "seed": int(seed), "n_per_class": int(n_per_class),
-                      "duration_s": float(duration_s), "devices": list(devices), "sr": SAMPLE_RATE,
-                      "version": GENERATOR_VERSION}, sort_keys=True)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"scenes_{split}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    n_rows = int(n_per_class) * len(CLASSES) * len(devices)
-    if path.exists():
-        try:
-            return _read_cache(path, n_rows, int(round(duration_s * SAMPLE_RATE)))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            # A cache is disposable: regenerate a corrupt or foreign file, but say so.
-            log.warning("scenes cache %s unreadable (%s); regenerating", path, exc)
-    data = generate_split(split, seed=seed, n_per_class=n_per_class, duration_s=duration_s, devices=devices)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a shared cache unreadable to others
-        with os.fdopen(fd, "wb") as fh:  # a file object stops numpy appending ".npz"
-            np.savez(fh, waves=data.waves, labels=data.labels,
-                     **{k: np.array(getattr(data, k), dtype=str) for k in _COLUMNS})
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return data
+    key = {"split": split, "seed": int(seed), "n_per_class": int(n_per_class), "duration_s": float(duration_s),
+           "devices": list(devices), "sr": SAMPLE_RATE, "version": GENERATOR_VERSION}
+
+    def make() -> dict[str, np.ndarray]:
+        data = generate_split(split, seed=seed, n_per_class=n_per_class, duration_s=duration_s, devices=devices)
+        return {"waves": data.waves, "labels": data.labels, **{k: np.array(getattr(data, k), dtype=str) for k in _COLUMNS}}
+
+    arrays = cached_split(cache_path(cache_dir, f"scenes_{split}", key), make,
+                          int(n_per_class) * len(CLASSES) * len(devices), int(round(duration_s * SAMPLE_RATE)), "scenes")
+    return ScenesSplit(waves=arrays["waves"], labels=arrays["labels"], **{k: arrays[k].tolist() for k in _COLUMNS})

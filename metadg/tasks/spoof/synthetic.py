@@ -10,12 +10,6 @@ the seen ones do not touch, which makes them harder to detect.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import logging
-import os
-import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +20,11 @@ from scipy import signal
 from scipy.ndimage import uniform_filter1d
 from tqdm import tqdm
 
+from metadg.tasks.audio.generated import cache_path, cached_split, child_rng
+
 __all__ = ["SAMPLE_RATE", "SEEN_ATTACKS", "UNSEEN_ATTACKS", "ALL_ATTACKS", "BONAFIDE", "SPLITS", "GENERATOR_VERSION",
            "SyntheticSplit", "synthesize_bonafide", "synthesize_spoof", "generate_split", "load_split"]
 
-log = logging.getLogger(__name__)
 SAMPLE_RATE: int = 16000
 SEEN_ATTACKS: tuple[str, ...] = ("griffin_lim", "lpc_vocoder", "concat", "smooth_envelope")
 UNSEEN_ATTACKS: tuple[str, ...] = ("codec", "neural_like")
@@ -409,17 +404,12 @@ def _resolve(split: str, seed: int, n_bonafide: int, n_per_attack: int, duration
     return resolved
 
 
-def _child(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
-    """Generator of the root's descendant at key, independent of sibling counts."""
-    return np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + key))
-
-
 def generate_split(split: str, *, seed: int = 0, n_bonafide: int, n_per_attack: int,
                    duration_s: float = 1.0, attacks: Sequence[str] | None = None) -> SyntheticSplit:
     """Generates a split deterministically from (seed, split); splits are disjoint draws."""
     attacks = _resolve(split, seed, n_bonafide, n_per_attack, duration_s, attacks)
     root = np.random.SeedSequence([int(seed), SPLITS.index(split)])
-    speakers = [_draw_speaker(_child(root, 0, s)) for s in range(_N_SPEAKERS)]
+    speakers = [_draw_speaker(child_rng(root, 0, s)) for s in range(_N_SPEAKERS)]
     n = int(round(duration_s * SAMPLE_RATE))
     # Class code (0 = speakers, 1 = bona fide, 2+ = index in ALL_ATTACKS) keys the
     # per-utterance streams, so utterance i never depends on the other class sizes.
@@ -428,7 +418,7 @@ def generate_split(split: str, *, seed: int = 0, n_bonafide: int, n_per_attack: 
     waves = np.empty((len(jobs), n), dtype=np.float32)
     spk_names = []
     for row, (attack, code, i) in enumerate(tqdm(jobs, desc=f"synthetic {split}", disable=None, leave=False)):
-        rng = _child(root, code, i)
+        rng = child_rng(root, code, i)
         s = int(rng.integers(_N_SPEAKERS))
         spk_names.append(f"SYN_{split}_spk{s:03d}")
         waves[row] = _synthesize(attack, rng, speakers[s], n, SAMPLE_RATE)
@@ -441,47 +431,22 @@ def generate_split(split: str, *, seed: int = 0, n_bonafide: int, n_per_attack: 
     )
 
 
-def _read_cache(path: Path, n_rows: int, n_samples: int) -> SyntheticSplit:
-    """Loads a cached split, raising ValueError if it is not the expected shape."""
-    with np.load(path, allow_pickle=False) as z:
-        data = SyntheticSplit(ids=z["ids"].tolist(), waves=z["waves"], labels=z["labels"],
-                              attacks=z["attacks"].tolist(), speakers=z["speakers"].tolist())
-    if data.waves.shape != (n_rows, n_samples) or data.waves.dtype != np.float32 or not (
-            len(data.ids) == len(data.labels) == len(data.attacks) == len(data.speakers) == n_rows):
-        raise ValueError(f"cache file {path} does not match its arguments")
-    return data
-
-
 def load_split(split: str, *, cache_dir: str | Path, seed: int = 0, n_bonafide: int, n_per_attack: int,
                duration_s: float = 1.0, attacks: Sequence[str] | None = None) -> SyntheticSplit:
-    """generate_split cached as an .npz keyed by a hash of all arguments (uncompressed: audio barely compresses)."""
+    """generate_split cached as an .npz keyed by a hash of all arguments."""
     attacks = _resolve(split, seed, n_bonafide, n_per_attack, duration_s, attacks)
-    key = json.dumps({"split": split, "seed": int(seed), "n_bonafide": int(n_bonafide),
-                      "n_per_attack": int(n_per_attack), "duration_s": float(duration_s),
-                      "attacks": list(attacks), "sr": SAMPLE_RATE, "version": GENERATOR_VERSION},
-                     sort_keys=True)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"synthetic_{split}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    n_rows = int(n_bonafide) + int(n_per_attack) * len(attacks)
-    n_samples = int(round(duration_s * SAMPLE_RATE))
-    if path.exists():
-        try:
-            return _read_cache(path, n_rows, n_samples)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            # A cache is disposable: regenerate a corrupt or foreign file, but say so.
-            log.warning("synthetic cache %s unreadable (%s); regenerating", path, exc)
-    data = generate_split(split, seed=seed, n_bonafide=n_bonafide, n_per_attack=n_per_attack,
-                          duration_s=duration_s, attacks=attacks)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a shared cache unreadable to others
-        with os.fdopen(fd, "wb") as fh:  # a file object stops numpy appending ".npz"
-            np.savez(fh, ids=np.array(data.ids, dtype=str), waves=data.waves,
-                                labels=data.labels, attacks=np.array(data.attacks, dtype=str),
-                                speakers=np.array(data.speakers, dtype=str))
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return data
+    key = {"split": split, "seed": int(seed), "n_bonafide": int(n_bonafide), "n_per_attack": int(n_per_attack),
+           "duration_s": float(duration_s), "attacks": list(attacks), "sr": SAMPLE_RATE, "version": GENERATOR_VERSION}
+
+    def make() -> dict[str, np.ndarray]:
+        data = generate_split(split, seed=seed, n_bonafide=n_bonafide, n_per_attack=n_per_attack,
+                              duration_s=duration_s, attacks=attacks)
+        return {"waves": data.waves, "labels": data.labels, **{k: np.array(getattr(data, k), dtype=str) for k in _COLUMNS}}
+
+    arrays = cached_split(cache_path(cache_dir, f"synthetic_{split}", key), make,
+                          int(n_bonafide) + int(n_per_attack) * len(attacks), int(round(duration_s * SAMPLE_RATE)),
+                          "synthetic")
+    return SyntheticSplit(waves=arrays["waves"], labels=arrays["labels"], **{k: arrays[k].tolist() for k in _COLUMNS})
+
+
+_COLUMNS = ("ids", "attacks", "speakers")
