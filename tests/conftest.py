@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +41,12 @@ def tiny_config(synthetic_cache, tmp_path):
         "train": {"steps": 6, "eval_every": 3, "batch_per_domain": 4, "lr": 0.005, "progress": False},
         "tracking": {"enabled": False},
     })
+
+
+@pytest.fixture
+def double_precision():
+    """Gradient comparisons at double precision, restored afterwards for other tests."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -19,13 +19,8 @@ from tiny_nets import TinyNet, grads_of, make_batches, manual_loss, trainable
 
 
 
-@pytest.fixture(autouse=True)
-def double_precision():
-    """Gradient comparisons at double precision, restored afterwards for other modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# Gradient comparisons at double precision (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("double_precision")
 
 
 def test_erm_gradient_equals_pooled_batch_gradient():

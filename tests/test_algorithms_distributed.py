@@ -14,13 +14,9 @@ DANN, SWAD and MIRO (stateful / per-rank designs) are not covered here.
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from metadg.algorithms.coral import CORAL, FeaturePenaltyConfig
@@ -31,31 +27,10 @@ from metadg.algorithms.mmd import MMD, MMDConfig
 from metadg.algorithms.reptile import Reptile, ReptileConfig
 from metadg.algorithms.sam import SAM, SAMConfig
 from metadg.engine import distributed
-from metadg.engine.batch import Batch
-from tiny_nets import make_batches
+from tiny_nets import FeatNet, make_batches
+from two_ranks import rank_half, run_two_ranks
 
 N = 8  # global samples per domain; each rank takes 4
-
-
-class FeatNet(nn.Module):
-    """Frozen tanh layer, trainable tanh layer (the 4-d embedding), linear head (as in test_algorithms_features)."""
-
-    embed_dim = 4
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(6, 5)
-        self.frozen.requires_grad_(False)
-        self.hidden = nn.Linear(5, 4)
-        self.proj = nn.Linear(4, 2)
-
-    def forward(self, x, lengths=None, with_embedding=False):
-        z = torch.tanh(self.hidden(torch.tanh(self.frozen(x))))
-        logits = self.proj(z)
-        return (logits, z) if with_embedding else logits
-
-    def classify(self, embedding):
-        return self.proj(embedding)
 
 
 # name -> (class, config, exact under DDP?)
@@ -104,17 +79,11 @@ def _global_steps():
     return [make_batches(n=N, seed=s) for s in range(2)]
 
 
-def _rank_main(rank, store, queue):
-    torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    h = N // 2
-    steps = [{d: Batch(b.inputs[h * rank:h * rank + h], b.labels[h * rank:h * rank + h]) for d, b in batches.items()}
-             for batches in _global_steps()]
+def _rank_work(rank):
+    steps = [rank_half(batches, rank) for batches in _global_steps()]
     out = {name: _steps(name, steps, distributed.all_mean) for name in CASES}
     out.update({f"{name}_no_reduce": _steps(name, steps) for name in NEEDS_REDUCE})
-    dist.destroy_process_group()
-    if rank == 0:
-        queue.put({k: [t.numpy() for t in v] for k, v in out.items()})  # plain arrays: no shared memory outliving the rank
+    return {k: [t.numpy() for t in v] for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +91,7 @@ def two_rank_results():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        with tempfile.TemporaryDirectory() as tmp:
-            procs = mp.spawn(_rank_main, args=(os.path.join(tmp, "store"), queue), nprocs=2, join=False)
-            got = queue.get(timeout=120)
-            while not procs.join():
-                pass
+        got = run_two_ranks(_rank_work)
         single = {name: _steps(name, _global_steps()) for name in CASES}
     finally:
         torch.set_default_dtype(old)

@@ -24,49 +24,9 @@ from metadg.engine.checkpoint import pack_state, read_checkpoint, unpack_state
 from metadg.engine.resume import StopRequested
 from metadg.engine.trainer import Trainer
 from metadg.registry import ALGORITHMS
+from tiny_nets import FeatNet
 
 CE = nn.functional.cross_entropy
-
-
-@pytest.fixture
-def double_precision():
-    """Gradient comparisons at double precision, restored afterwards for other modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-class TinyHead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(4, 2)
-
-    def classify(self, embedding):
-        return self.proj(embedding)
-
-
-class FeatNet(nn.Module):
-    """Frozen tanh layer, trainable tanh layer (the 4-d embedding), linear head; records what it is fed."""
-
-    embed_dim = 4
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(6, 5)
-        self.frozen.requires_grad_(False)
-        self.hidden = nn.Linear(5, 4)
-        self.head = TinyHead()
-        self.seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-
-    def forward(self, x, lengths=None, with_embedding=False):
-        self.seen.append((x.detach().clone(), lengths))
-        z = torch.tanh(self.hidden(torch.tanh(self.frozen(x))))
-        logits = self.head.classify(z)
-        return (logits, z) if with_embedding else logits
-
-    def classify(self, embedding):
-        return self.head.classify(embedding)
 
 
 def manual_embed(theta, net, x):

@@ -19,15 +19,6 @@ from metadg.registry import ALGORITHMS
 from tiny_nets import TinyNet, make_batches, manual_loss
 
 
-@pytest.fixture
-def double():
-    """Comparisons at double precision, restored afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def setup(seed=0):
     torch.manual_seed(seed)
     net = TinyNet()
@@ -55,7 +46,7 @@ def assert_weights(params, expected):
 # ---------------------------------------------------------------- Fish
 
 
-@pytest.mark.usefixtures("double")
+@pytest.mark.usefixtures("double_precision")
 def test_fish_is_sequential_sgd_over_the_recorded_order_then_interpolation():
     net, params, theta0 = setup(1)
     batches = make_batches()
@@ -77,7 +68,7 @@ def test_fish_is_sequential_sgd_over_the_recorded_order_then_interpolation():
     assert [tuple(again.update(batches) and again.last_order) for _ in range(3)] == orders  # ...drawn from the seed
 
 
-@pytest.mark.usefixtures("double")
+@pytest.mark.usefixtures("double_precision")
 def test_fish_inner_lr_overrides_the_scheduled_lr():
     net, params, theta0 = setup(2)
     batches = make_batches(seed=3)
@@ -103,7 +94,7 @@ def test_a_non_finite_step_leaves_the_weights_untouched(algo_cls, cfg):
 # ---------------------------------------------------------------- Reptile
 
 
-@pytest.mark.usefixtures("double")
+@pytest.mark.usefixtures("double_precision")
 @pytest.mark.parametrize("k,per_step", [(3, 1), (2, 2)])
 def test_reptile_is_inner_sgd_on_drawn_domains_then_interpolation(k, per_step):
     net, params, theta0 = setup(4)
@@ -117,7 +108,7 @@ def test_reptile_is_inner_sgd_on_drawn_domains_then_interpolation(k, per_step):
     assert_weights(params, {n: theta0[n] + 0.7 * (mean[n] - theta0[n]) for n in theta0})
 
 
-@pytest.mark.usefixtures("double")
+@pytest.mark.usefixtures("double_precision")
 def test_reptile_default_is_one_sgd_step_on_one_domain():
     net, params, theta0 = setup(5)
     batches = make_batches()
@@ -144,7 +135,7 @@ def perturbed(theta, g, rho):
     return {k: t + rho * g[k] / (norm + 1e-12) for k, t in theta.items()}
 
 
-@pytest.mark.usefixtures("double")
+@pytest.mark.usefixtures("double_precision")
 def test_sam_over_erm_is_the_gradient_at_the_perturbed_point_and_restores_weights_exactly():
     net, params, theta0 = setup(6)
     batches = make_batches()
@@ -164,7 +155,7 @@ def test_sam_over_erm_is_the_gradient_at_the_perturbed_point_and_restores_weight
         torch.testing.assert_close(p.grad, 2 * expected[k], msg=k)
 
 
-@pytest.mark.usefixtures("double")
+@pytest.mark.usefixtures("double_precision")
 def test_sam_over_mldg_replays_the_same_meta_test_split_in_both_passes():
     net, params, theta0 = setup(7)
     batches = make_batches(n_domains=4)

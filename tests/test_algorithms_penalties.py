@@ -7,12 +7,9 @@ import json
 import math
 import os
 import signal
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,15 +25,7 @@ from metadg.engine.resume import StopRequested
 from metadg.engine.trainer import Trainer
 from metadg.registry import ALGORITHMS
 from tiny_nets import TinyNet, manual_logits
-
-
-@pytest.fixture
-def double_precision():
-    """Gradient comparisons at double precision, restored afterwards for other modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+from two_ranks import rank_half, run_two_ranks
 
 
 def weighted_ce(z, y, w):
@@ -231,26 +220,15 @@ def _two_steps(cls, cfg, batches_per_step, reduce=None):
     return grads
 
 
-def _rank_main(rank, store, queue):
-    torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+def _rank_work(rank):
     # Each rank takes its half of every domain's global batch (samples 4r..4r+3 of 8).
-    steps = [{d: Batch(b.inputs[4 * rank:4 * rank + 4], b.labels[4 * rank:4 * rank + 4]) for d, b in
-              make_batches(n=8, seed=s).items()} for s in range(2)]
+    steps = [rank_half(make_batches(n=8, seed=s), rank) for s in range(2)]
     out = [_two_steps(cls, cfg, steps, distributed.all_mean) for cls, cfg in ALGOS]
-    dist.destroy_process_group()
-    if rank == 0:
-        queue.put([[g.numpy() for g in grads] for grads in out])  # plain arrays: no shared memory outliving the rank
+    return [[g.numpy() for g in grads] for grads in out]
 
 
 def test_two_ranks_give_the_gradient_of_the_global_batch(double_precision):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = mp.spawn(_rank_main, args=(os.path.join(tmp, "store"), queue), nprocs=2, join=False)
-        got = queue.get(timeout=120)
-        while not procs.join():
-            pass
+    got = run_two_ranks(_rank_work)
     steps = [make_batches(n=8, seed=s) for s in range(2)]
     for (cls, cfg), grads in zip(ALGOS, got):
         for g, want in zip(grads, _two_steps(cls, cfg, steps)):

@@ -47,3 +47,37 @@ def trainable(net: nn.Module) -> dict[str, nn.Parameter]:
 def grads_of(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """Copies of the parameters' gradients."""
     return {k: p.grad.detach().clone() for k, p in params.items()}
+
+
+class TinyHead(nn.Module):
+    """Linear output layer with the classify() of metadg heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 2)
+
+    def classify(self, embedding):
+        return self.proj(embedding)
+
+
+class FeatNet(nn.Module):
+    """Frozen tanh layer, trainable tanh layer (the 4-d embedding), linear head; records what it is fed."""
+
+    embed_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = nn.Linear(6, 5)
+        self.frozen.requires_grad_(False)
+        self.hidden = nn.Linear(5, 4)
+        self.head = TinyHead()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def forward(self, x, lengths=None, with_embedding=False):
+        self.seen.append((x.detach().clone(), lengths))
+        z = torch.tanh(self.hidden(torch.tanh(self.frozen(x))))
+        logits = self.head.classify(z)
+        return (logits, z) if with_embedding else logits
+
+    def classify(self, embedding):
+        return self.head.classify(embedding)
