@@ -50,7 +50,7 @@ class Draw:
 
     pool: np.ndarray
     count: int
-    what: str  # for messages: "bona fide", "class 'park' of domain 'a'"
+    what: str  # for messages, e.g. "class 'park' of domain 'a'"
     weights: np.ndarray | None = None
 
     def remove(self, index: int) -> None:

@@ -175,7 +175,7 @@ class Trainer:
             domains = ",".join(self.batcher.domains)
             self.tracker.log_params(run_id, {"trainable_params": trainable, "total_params": total, "domains": domains,
                                              "trainable_percent_of_full": f"{100 * trainable / max(1, full):.3f}"})
-            # Also as metrics: the compare view plots metrics (EER against trainable parameters), not params.
+            # Also as metrics: the compare view plots metrics (a metric against trainable parameters), not params.
             self.tracker.log_metrics(run_id, {"trainable_params": trainable, "trainable_percent_of_full": 100 * trainable / max(1, full)})
             self.tracker.log_artifact(run_id, self.run_dir / "config.yaml")
         self.loop.run_id = run_id

@@ -53,7 +53,7 @@ class Classifier(nn.Module):
 
     @staticmethod
     def score_from_logits(logits: torch.Tensor) -> torch.Tensor:
-        """Class-1 minus class-0 logit of a two-class model (the spoof task's bona fide log-odds)."""
+        """Class-1 minus class-0 logit of a two-class model (its log-odds of class 1)."""
         return logits[:, 1] - logits[:, 0]
 
 
