@@ -50,3 +50,11 @@ def double_precision():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """Call after writing the inputs: sandbox(*extra_roots_to_watch) → Sandbox (cwd and TMPDIR moved, writes seen)."""
+    from hostile import Sandbox
+
+    return lambda *watch: Sandbox(tmp_path, monkeypatch, watch)
