@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -123,6 +124,49 @@ def accumulate_grad(params: Mapping[str, nn.Parameter], grads: Mapping[str, torc
             continue
         p = params[name]
         p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+
+
+
+class Wrapper(Algorithm):
+    """An algorithm around a base algorithm (`cfg.base`, a validated `{name: ...}`): the base forms the gradients.
+
+    The Trainer sets `lr` and `reduce` on the wrapper; `sync_base` hands them on. Hooks and
+    state pass through to the base unless a wrapper overrides them (SAM, EMA, SWAD).
+    """
+
+    def __init__(self, cfg: BaseModel, model: nn.Module, params: Mapping[str, nn.Parameter], loss_fn: LossFn,
+                 *, seed: int = 0) -> None:
+        super().__init__(cfg, model, params, loss_fn, seed=seed)
+        from metadg.config import validate_plugin
+        from metadg.registry import ALGORITHMS
+
+        self.base: Algorithm = validate_plugin(ALGORITHMS, cfg.base, "algorithm.base").build(
+            model, params, loss_fn, seed=seed)
+
+    def sync_base(self) -> None:
+        """Give the base this step's learning rate and the rank reduction."""
+        self.base.lr, self.base.reduce = self.lr, self.reduce
+
+    def after_step(self, step: int) -> None:
+        self.base.after_step(step)
+
+    def after_eval(self, step: int, dev: Mapping[str, float]) -> None:
+        self.base.after_eval(step, dev)
+
+    def eval_weights(self) -> dict[str, torch.Tensor] | None:
+        return self.base.eval_weights()
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        return self.base.final_weights()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Our generator and the base's whole state."""
+        return {**super().state_dict(), "base": self.base.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned, the base's included."""
+        super().load_state_dict(state)
+        self.base.load_state_dict(state["base"])
 
 
 # Helpers several algorithms share: per-domain losses from one pooled forward pass, rank means.

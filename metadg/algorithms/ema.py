@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from metadg.algorithms.base import Algorithm, LossFn
+from metadg.algorithms.base import LossFn, Wrapper
 from metadg.config import ConfigError, StrictModel, validate_plugin
 from metadg.engine.batch import Batch
 from metadg.registry import ALGORITHMS
@@ -59,7 +59,7 @@ def to_device(tensors: Mapping[str, torch.Tensor] | None,
     return {n: t.to(params[n].device, torch.float32).clone() for n, t in tensors.items()}
 
 
-class WeightAveraging(Algorithm):
+class WeightAveraging(Wrapper):
     """Forms gradients by delegating to `cfg.base`; subclasses add weight averaging in the hooks.
 
     Averages cover the trainable parameters only (`self.params`), as float32 tensors on their
@@ -68,30 +68,17 @@ class WeightAveraging(Algorithm):
 
     Config = WrapperConfig
 
-    def __init__(self, cfg: WrapperConfig, model: nn.Module, params: Mapping[str, nn.Parameter], loss_fn: LossFn,
-                 *, seed: int = 0) -> None:
-        super().__init__(cfg, model, params, loss_fn, seed=seed)
-        self.base: Algorithm = validate_plugin(ALGORITHMS, cfg.base, "algorithm.base").build(
-            model, params, loss_fn, seed=seed)
-
     def update(self, batches: Mapping[str, Batch]) -> dict[str, float]:
         """The base algorithm's gradients and metrics."""
-        # The Trainer sets these on the wrapper (reduce once, lr every step); the base is what uses them.
-        self.base.reduce, self.base.lr = self.reduce, self.lr
+        self.sync_base()
         return self.base.update(batches)
 
-    def after_step(self, step: int) -> None:
-        self.base.after_step(step)
-
-    def after_eval(self, step: int, dev: Mapping[str, float]) -> None:
-        self.base.after_eval(step, dev)
-
     def state_dict(self) -> dict[str, Any]:
-        """The base's state (its RNG) beside the averaging state of `averaging_state`."""
-        return {"base": self.base.state_dict(), **self.averaging_state()}
+        """The base's state and ours beside the averaging state of `averaging_state`."""
+        return {**super().state_dict(), **self.averaging_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.base.load_state_dict(state["base"])
+        super().load_state_dict(state)
         self.load_averaging_state(state)
 
     def averaging_state(self) -> dict[str, Any]:

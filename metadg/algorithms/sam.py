@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, field_validator
-from torch import nn
+from pydantic import Field, field_validator
 
-from metadg.algorithms.base import Algorithm, LossFn
+from metadg.algorithms.base import Wrapper
 from metadg.config import ConfigError, StrictModel, validate_plugin
 from metadg.engine.batch import Batch
 from metadg.registry import ALGORITHMS
@@ -42,21 +41,15 @@ class SAMConfig(StrictModel):
 
 
 @ALGORITHMS.register("sam")
-class SAM(Algorithm):
+class SAM(Wrapper):
     """Run the base twice: at θ for the ascent direction, at θ + ε for the gradient that is applied."""
 
     Config = SAMConfig
 
-    def __init__(self, cfg: BaseModel, model: nn.Module, params: Mapping[str, nn.Parameter], loss_fn: LossFn,
-                 *, seed: int = 0) -> None:
-        super().__init__(cfg, model, params, loss_fn, seed=seed)
-        self.base: Algorithm = validate_plugin(ALGORITHMS, cfg.base, "algorithm.base").build(
-            model, params, loss_fn, seed=seed)
-
     def update(self, batches: Mapping[str, Batch]) -> dict[str, float]:
         """Leave the base's gradient at θ + ρ·g/‖g‖ in `.grad`; the weights come back bit-identical."""
+        self.sync_base()
         base, params = self.base, self.params
-        base.lr, base.reduce = self.lr, self.reduce  # the Trainer sets these on us, not on the base
         # Under grad_accum, .grad already holds earlier draws: set it aside so g is this draw's alone.
         earlier = {n: p.grad for n, p in params.items()}
         for p in params.values():
@@ -87,25 +80,3 @@ class SAM(Algorithm):
             if earlier[n] is not None:
                 p.grad = earlier[n] if p.grad is None else p.grad.add_(earlier[n])
         return {**metrics, "sam_grad_norm": float(norm) if norm is not None else 0.0}
-
-    # The base's hooks and state stay the base's: SAM only changes where its gradient is taken.
-    def after_step(self, step: int) -> None:
-        self.base.after_step(step)
-
-    def after_eval(self, step: int, dev: Mapping[str, float]) -> None:
-        self.base.after_eval(step, dev)
-
-    def eval_weights(self) -> dict[str, torch.Tensor] | None:
-        return self.base.eval_weights()
-
-    def final_weights(self) -> dict[str, torch.Tensor] | None:
-        return self.base.final_weights()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Our generator and the base's whole state."""
-        return {**super().state_dict(), "base": self.base.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state_dict` returned, the base's included."""
-        super().load_state_dict(state)
-        self.base.load_state_dict(state["base"])
