@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import re
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from metadg.config import (
     load_raw,
     set_dotted,
 )
+from metadg.engine.build import resolve_device
 from metadg.engine.resume import StopRequested
 from metadg.engine.trainer import RunResult, Trainer
 from metadg.tasks.base import Headline
@@ -45,6 +47,7 @@ class Cell:
     label: str
     experiment: Experiment
     system: str = ""
+    part: str = ""  # the sub-benchmark of a composite benchmark; "" for a plain one
 
     @property
     def cell_id(self) -> str:
@@ -54,13 +57,78 @@ class Cell:
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Cell]]:
-    """Read a benchmark YAML; return its name and one validated Cell per variant × grid point."""
+@dataclass
+class SoupSpec:
+    """A soup row: per seed, the weights of the cells matching `where` averaged (greedily or uniformly)."""
+
+    label: str
+    greedy: bool
+    where: dict[str, Any]
+
+
+@dataclass
+class Part:
+    """One table of a benchmark: its name, cells and soup rows. A plain benchmark is one part."""
+
+    name: str
+    cells: list[Cell]
+    soups: list[SoupSpec]
+
+
+def plan(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Part]]:
+    """Read a benchmark YAML; return its name and its parts (one, or one per file under `parts:`).
+
+    A composite benchmark lists other benchmark files under `parts:`; its other keys are
+    merged into each part, and its `grid:`/`soups:` (when given) replace the part's own.
+    """
     path = Path(path)
     raw = apply_overrides(load_raw(path), overrides)
+    name = str(raw.pop("name", None) or path.stem)
+    files = raw.pop("parts", None)
+    if files is None:
+        return name, [_expand_part(raw, path, name, name, "")]
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"{path}: parts: must be a non-empty list of benchmark files")
+    _soup_specs(raw.get("soups") or [], path)  # errors in the composite's own soups name the composite
+    parts = []
+    for file in files:
+        part_path = (path.parent / file) if not Path(file).is_absolute() else Path(file)
+        if not part_path.is_file():
+            raise ConfigError(f"{path}: parts: {file}: no such file")
+        part_raw = load_raw(part_path)
+        if "parts" in part_raw:
+            raise ConfigError(f"{path}: parts: {file} is itself composite; list its parts here instead")
+        merged = deep_merge(part_raw, {k: v for k, v in raw.items() if k not in ("grid", "soups")})
+        for key in ("grid", "soups"):  # replaced whole: a merged grid would mix both files' axes
+            if key in raw:
+                merged[key] = raw[key]
+        part_name = str(merged.pop("name", None) or part_path.stem)
+        parts.append(_expand_part(merged, part_path, f"{name}/{part_name}", part_name, part_name))
+    names = [p.name for p in parts]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{path}: parts: two parts share a name ({names}); give each file its own name:")
+    return name, parts
+
+
+def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Cell]]:
+    """Read a benchmark YAML; return its name and one validated Cell per variant × grid point (of every part)."""
+    name, parts = plan(path, overrides)
+    return name, [cell for part in parts for cell in part.cells]
+
+
+def _grid_value(value: Any) -> tuple[Any, str]:
+    # A mapping in a grid may carry a `label:` for cell labels; it is not part of the config.
+    if isinstance(value, dict) and "label" in value:
+        value = dict(value)
+        return value, str(value.pop("label"))
+    return value, _short(value)
+
+
+def _expand_part(raw: dict[str, Any], path: Path, run_name: str, part_name: str, part: str) -> Part:
+    raw = dict(raw)
     variants = raw.pop("variants", None) or [{}]
     grid = raw.pop("grid", None) or {}
-    name = raw.pop("name", None) or path.stem
+    soups = _soup_specs(raw.pop("soups", None) or [], path)
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
         raise ConfigError(f"{path}: variants: must be a list of partial configs")
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -74,23 +142,39 @@ def expand(path: str | Path, overrides: list[str] | None = None) -> tuple[str, l
             parts = [label] if len(variants) > 1 or not grid else []
             system = list(parts)
             for key, value in zip(grid, values):
+                value, shown = _grid_value(value)
                 set_dotted(data, key.split("."), value)
-                parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
+                parts.append(f"{key.rsplit('.', 1)[-1]}={shown}")
                 if key != "seed":
                     system.append(parts[-1])
             cell_label = " ".join(parts) or label
-            data["name"] = f"{name}/{_slug(cell_label)}"
+            data["name"] = f"{run_name}/{_slug(cell_label)}"
             where = f"{path} [{cell_label}]"
             try:
                 data = expand_vars(data)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            cells.append(Cell(cell_label, build_experiment(data, source=where), " ".join(system) or label))
+            cells.append(Cell(cell_label, build_experiment(data, source=where), " ".join(system) or label, part))
     labels = [c.label for c in cells]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise ConfigError(f"{path}: cells share the label(s) {dupes}; give each variant a distinct label")
-    return name, cells
+    return Part(part_name, cells, soups)
+
+
+def _soup_specs(items: Any, path: Path) -> list[SoupSpec]:
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ConfigError(f"{path}: soups: must be a list of {{label, greedy, where}} mappings")
+    specs = []
+    for i, item in enumerate(items):
+        unknown = sorted(set(item) - {"label", "greedy", "where"})
+        if unknown:
+            raise ConfigError(f"{path}: soups[{i}]: unknown key(s) {unknown} (have: label, greedy, where)")
+        where = item.get("where") or {}
+        if not isinstance(where, dict) or not isinstance(item.get("greedy", False), bool):
+            raise ConfigError(f"{path}: soups[{i}]: where: must map dotted keys to values; greedy: true or false")
+        specs.append(SoupSpec(str(item.get("label", f"soup{i}")), item.get("greedy", False), where))
+    return specs
 
 
 def _short(value: Any) -> str:
@@ -104,27 +188,59 @@ def _slug(text: str) -> str:
 
 
 def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_dir: str | None = None) -> tuple[str, list[tuple[Cell, RunResult]]]:
-    """Run every cell under one parent MLflow run; write results.md/.csv and a bar chart of the first headline metric."""
-    name, cells = expand(path, overrides)
-    first = cells[0].experiment
+    """Run every cell (and soup row) of each part under one parent MLflow run per part; write tables and a chart.
+
+    A plain benchmark writes results.md/.csv and `<metric>.png` in its folder; a composite one
+    writes them per part in `<part>/` and a results.md with one section per part at the top.
+    """
+    name, parts = plan(path, overrides)
+    first = parts[0].cells[0].experiment
     root = Path(output_dir or first.output_dir) / name
-    tracker = Tracker(first.tracking)
-    parent = _parent_run(tracker, root, name, path, len(cells))
+    composite = len(parts) > 1 or bool(parts[0].cells[0].part)
+    done: list[tuple[Cell, RunResult]] = []
+    for part in parts:
+        part_root = root / part.name if composite else root
+        # Each part logs where its own files say (the scenes task has its own MLflow experiment).
+        tracker = Tracker(part.cells[0].experiment.tracking)
+        done += _run_part(part, part_root, tracker, f"{name}/{part.name}" if composite else name, path)
+    if composite:
+        sections = [f"## {part.name}\n\n" + format_table(summarize(results_rows(rows)), higher_columns(rows))
+                    for part in parts if (rows := [d for d in done if d[0].part == part.name])]
+        (root / "results.md").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    return str(root), done
+
+
+def _finished(root: Path, cell: Cell) -> Path | None:
+    """A finished run of this cell's config: its own folder, else any folder with its id (a relabelled cell)."""
+    own = root / f"{_slug(cell.label)}-{cell.cell_id}" / "results.json"
+    if own.is_file():
+        return own
+    for other in sorted(root.glob(f"*-{cell.cell_id}/results.json")):
+        log.info("%s: same config as %s, reading its results", cell.label, other.parent.name)
+        return other
+    return None
+
+
+def _run_part(part: Part, root: Path, tracker: Tracker, name: str, path: str | Path) -> list[tuple[Cell, RunResult]]:
+    parent = _parent_run(tracker, root, name, path, len(part.cells))
     done: list[tuple[Cell, RunResult]] = []
     status = "FAILED"
     try:
-        for cell in cells:
+        for cell in part.cells:
             # The id in the folder name makes reruns resumable: a finished cell is
             # read back, a cell whose config changed gets a new folder.
-            run_dir = root / f"{_slug(cell.label)}-{cell.cell_id}"
-            finished = run_dir / "results.json"
-            if finished.is_file():
+            finished = _finished(root, cell)
+            if finished is not None:
                 log.info("%s: finished earlier, reading %s", cell.label, finished)
                 done.append((cell, RunResult(**json.loads(finished.read_text(encoding="utf-8")))))
                 continue
             tags = {"cell": cell.label, "cell_id": cell.cell_id, "system": cell.system}
+            run_dir = root / f"{_slug(cell.label)}-{cell.cell_id}"
             trainer = Trainer(cell.experiment, tracker=tracker, run_dir=run_dir, parent_run_id=parent, tags=tags)
             done.append((cell, trainer.fit()))
+        trained = list(done)
+        for spec in part.soups:
+            done += _soup_rows(spec, trained, root, tracker, parent)
         status = "FINISHED"
     except StopRequested:
         status = "KILLED"
@@ -141,7 +257,45 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
             for artifact in artifacts:
                 tracker.log_artifact(parent, artifact)
         tracker.end(parent, status)
-    return str(root), done
+    return done
+
+
+def _dotted(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _soup_rows(spec: SoupSpec, done: list[tuple[Cell, RunResult]], root: Path, tracker: Tracker,
+               parent: str | None) -> list[tuple[Cell, RunResult]]:
+    """One soup per seed of the finished cells matching `spec.where`; a soup folder made earlier is read back."""
+    from metadg.engine.soup import make_soup
+
+    by_seed: dict[int, list[Cell]] = {}
+    for cell, _ in done:
+        config = cell.experiment.to_dict()
+        if all(_dotted(config, k) == v for k, v in spec.where.items()):
+            by_seed.setdefault(cell.experiment.seed, []).append(cell)
+    if not any(len(cells) > 1 for cells in by_seed.values()):
+        raise ConfigError(f"soups: {spec.label!r}: where {spec.where} matches fewer than 2 cells of any one seed")
+    rows = []
+    for seed, cells in by_seed.items():
+        ids = hashlib.sha256(json.dumps([spec.greedy, [c.cell_id for c in cells]]).encode()).hexdigest()[:10]
+        label = f"{spec.label} seed={seed}"
+        out = root / f"{_slug(label)}-{ids}"
+        if not (out / "results.json").is_file():
+            if out.exists():  # a soup interrupted before its results: cheap and deterministic, so redo it
+                shutil.rmtree(out)
+            dirs = [root / f"{_slug(c.label)}-{c.cell_id}" for c in cells]
+            dirs = [d if d.is_dir() else _finished(root, c).parent for d, c in zip(dirs, cells)]
+            device = str(resolve_device(cells[0].experiment.train.device))
+            make_soup(dirs, out, greedy=spec.greedy, device=device,
+                      tracker=tracker, parent_run_id=parent)
+        result = RunResult(**json.loads((out / "results.json").read_text(encoding="utf-8")))
+        rows.append((Cell(label, cells[0].experiment, spec.label, cells[0].part), result))
+    return rows
 
 
 def _parent_run(tracker: Tracker, root: Path, name: str, path: str | Path, n_cells: int) -> str | None:

@@ -263,19 +263,28 @@ def _relaunch_distributed(args: argparse.Namespace, target: str) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a benchmark and print its results table."""
-    from metadg.bench import expand, format_table, headlines, higher_columns, results_rows, run_benchmark, summarize
+    """Run a benchmark and print its results table (one per part of a composite benchmark)."""
+    from metadg.bench import format_table, headlines, higher_columns, plan, results_rows, run_benchmark, summarize
 
     if args.dry_run:
-        name, cells = expand(args.config, args.override)
-        print(f"{name}: {len(cells)} cell(s)")
-        for cell in cells:
-            e = cell.experiment
-            print(f"  {cell.label:<28} algorithm={e.algorithm.name} adapter={e.adapter.name} seed={e.seed} id={cell.cell_id}")
+        name, parts = plan(args.config, args.override)
+        print(f"{name}: {sum(len(p.cells) for p in parts)} cell(s)")
+        for part in parts:
+            if len(parts) > 1:
+                print(f" {part.name}: {len(part.cells)} cell(s)")
+            for cell in part.cells:
+                e = cell.experiment
+                print(f"  {cell.label:<28} algorithm={e.algorithm.name} adapter={e.adapter.name} seed={e.seed} "
+                      f"id={cell.cell_id}")
+            for soup in part.soups:
+                print(f"  {soup.label:<28} soup ({'greedy' if soup.greedy else 'uniform'}) of {soup.where or 'all cells'}"
+                      " per seed")
         return 0
     root, done = run_benchmark(args.config, args.override, args.output_dir)
-    print()
-    print(format_table(summarize(results_rows(done)), higher_columns(done)))
+    for part in dict.fromkeys(cell.part for cell, _ in done):
+        rows = [d for d in done if d[0].part == part]
+        print(f"\n## {part}\n" if part else "")
+        print(format_table(summarize(results_rows(rows)), higher_columns(rows)))
     plot = f" and {heads[0].key}.png" if (heads := headlines(done)) else ""
     print(f"\nrun folders, tables{plot}: {root}")
     tracking = done[0][0].experiment.tracking if done else None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
+from queue import Empty
 from typing import Any
 
 import torch
@@ -28,7 +30,16 @@ def run_two_ranks(work: Callable[[int], Any]) -> Any:
     queue = mp.get_context("spawn").Queue()
     with tempfile.TemporaryDirectory() as tmp:
         procs = mp.spawn(_main, args=(os.path.join(tmp, "store"), queue, work), nprocs=2, join=False)
-        got = queue.get(timeout=120)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                got = queue.get(timeout=1)
+                break
+            except Empty:
+                # A rank that raised is reported with its traceback here, not as a queue timeout.
+                procs.join(timeout=0)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("two-rank run: no result from rank 0 after 300 s") from None
         while not procs.join():
             pass
     return got

@@ -111,8 +111,12 @@ def _average(ingredients: list[_Ingredient]) -> dict[str, torch.Tensor]:
     return out
 
 
-def make_soup(run_dirs: list[Path], out_dir: Path, greedy: bool = False, device: str = "cpu") -> SoupResult:
-    """Average the best checkpoints of `run_dirs` (uniformly or greedily) into a new run folder `out_dir`."""
+def make_soup(run_dirs: list[Path], out_dir: Path, greedy: bool = False, device: str = "cpu",
+              tracker: Tracker | None = None, parent_run_id: str | None = None) -> SoupResult:
+    """Average the best checkpoints of `run_dirs` (uniformly or greedily) into a new run folder `out_dir`.
+
+    The soup's MLflow run goes to `tracker` (default: the first run's tracking settings), nested under `parent_run_id`.
+    """
     if len(run_dirs) < 2:
         raise ConfigError(f"a soup needs at least 2 runs, got {len(run_dirs)}")
     out_dir = Path(out_dir)
@@ -179,11 +183,11 @@ def make_soup(run_dirs: list[Path], out_dir: Path, greedy: bool = False, device:
     dump_yaml(config, out_dir / "config.yaml")
     best_dir = save_checkpoint(out_dir / "checkpoints" / "best", tensors, meta)
 
-    tracker = Tracker(soup_exp.tracking)
+    tracker = tracker or Tracker(soup_exp.tracking)
     tags = {"algorithm": "soup", "soup": method, "adapter": exp.adapter.name, "task": exp.task.name,
             "selection": selection.label}
     run_id = tracker.start(out_dir.name, params=config | {"soup": {"runs": ",".join(record["runs"])}}, tags=tags,
-                           run_dir=out_dir)
+                           parent_run_id=parent_run_id, run_dir=out_dir)
     status = "FAILED"
     try:
         tracker.log_params(run_id, {"soup.kept": ",".join(record["kept"]), "soup.method": method})
