@@ -10,17 +10,11 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
-from metadg.engine import distributed
-from metadg.engine.checkpoint import CheckpointError
 from metadg.config import ConfigError
-from metadg.tasks.audio.loading import AudioError
-from metadg.tasks.audio.file_corpus import CorpusError
-from metadg.engine.resume import StopRequested
+from metadg.engine import distributed
+from metadg.errors import EXIT_STOPPED, EXIT_USAGE, handle  # noqa: F401  (exit statuses: kept importable here)
 from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, LOSSES, MODELS, PRUNERS, SAMPLERS, SCHEDULES, SELECTIONS, TASKS,
-                             RegistryError, describe)
-
-EXIT_USAGE = 2
-EXIT_STOPPED = 130  # the shell convention for "stopped by a signal"
+                             describe)
 
 
 def _overrides(p: argparse.ArgumentParser) -> None:
@@ -343,20 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "search":
             return cmd_search(args)
         return cmd_bench(args)
-    except (ConfigError, RegistryError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StopRequested as exc:
-        print(f"\n{exc}", file=sys.stderr)
-        return EXIT_STOPPED
-    except (FileNotFoundError, OSError, CorpusError, CheckpointError, AudioError, FloatingPointError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
+    except Exception as exc:  # the error boundary: every failure ends as one line and an exit status
+        return handle(exc, list(sys.argv[1:] if argv is None else argv), args.debug)
+    except KeyboardInterrupt as exc:
+        return handle(exc, [], args.debug)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,7 +69,7 @@ def test_header_names_machine_date_and_every_section(report):
     assert f"torch {data['machine']['torch']} (threads pinned to 1)" in md
     assert f"{os.cpu_count()} cores" in md
     for heading in ("## Targets", "## 1. MLDG overhead", "## 2. LoRA vs full", "## 3. Training throughput",
-                    "## 4. Evaluation", "## 5. Scale notes", "### Profile"):
+                    "## 4. Evaluation", "## 5. Scale notes", "## 6. The DG algorithm zoo", "### Profile"):
         assert heading in md
 
 
@@ -154,3 +154,21 @@ def test_scale_estimates_follow_from_flops_and_assumptions(report):
             assert e["steps"] == -(-25_380 // (14 * e["gpus"]))
         assert ests[0]["comm_s"] == 0 < ests[1]["comm_s"]
     assert "H100" in md and "utilisation" in md
+
+
+def test_every_algorithm_has_a_row_whose_ratios_are_quotients(report):
+    from metadg.registry import ALGORITHMS
+
+    md, data = report
+    rows = table_with(tables(md), "target × ERM")
+    assert [r["algorithm"] for r in rows][0] == "erm" and {r["algorithm"] for r in rows} == set(ALGORITHMS.names())
+    erm = rows[0]
+    for r in rows:
+        assert close(r["× ERM"], r["median ms/step"], erm["median ms/step"])
+        assert close(r["mem × ERM"], r["peak step MB"], erm["peak step MB"])
+    targets = {t["name"]: t for t in data["targets"]}
+    for raw in data["algorithms"]:
+        name = f"{raw['algorithm']} ÷ ERM step time, lora, {raw['size']}"
+        assert (name in targets) == (raw["target"] is not None)
+        if raw["target"]:
+            assert targets[name]["value"] == pytest.approx(raw["ratio"]) and targets[name]["limit"] == raw["target"]

@@ -23,6 +23,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import adapters  # noqa: E402
+import algorithms  # noqa: E402
 import profile_mldg  # noqa: E402
 import scale  # noqa: E402
 import scoring  # noqa: E402
@@ -39,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tp_per_domain": 8, "tp_loader_steps": 6, "tp_model_steps": 2, "tp_rounds": 3, "sc_size": "small",
         "sc_utts": 96, "sc_batch": 32, "sc_rounds": 3, "scores": 1_000_000, "metric_rounds": 5,
         "scale_size": "xlsr_300m", "mem_jobs": 1,  # one XLS-R memory child at a time: full fine-tuning needs ~7 GB
+        "alg_sizes": ["tiny", "small", "xlsr_300m"], "alg_steps": 6, "alg_warmup": 1, "alg_budget": 1200,
     },
     "quick": {
         "mldg_sizes": ["tiny", "small"], "mldg_steps": 5, "mldg_warmup": 1, "mldg_budget": 60,
@@ -47,9 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tp_per_domain": 4, "tp_loader_steps": 3, "tp_model_steps": 1, "tp_rounds": 2, "sc_size": "tiny",
         "sc_utts": 24, "sc_batch": 8, "sc_rounds": 2, "scores": 1_000_000, "metric_rounds": 2,
         "scale_size": "xlsr_300m", "mem_jobs": 2,
+        "alg_sizes": ["tiny"], "alg_steps": 3, "alg_warmup": 1, "alg_budget": 60,
     },
 }
 GPU_COUNTS = [1, 2, 4, 8]
+SECTIONS = ("MLDG overhead", "LoRA vs full", "throughput", "evaluation", "scale notes", "algorithms")
 
 
 class Report:
@@ -189,6 +193,25 @@ def adapter_section(rep: Report, p: dict[str, Any], threads: int) -> None:
     rep.target(f"merged LoRA ÷ plain inference (per-round), {size}", merged["paired"], "±", adapters.MERGED_TOL, 3)
 
 
+def algorithms_section(rep: Report, p: dict[str, Any], threads: int) -> None:
+    """6. Every DG algorithm's step time and peak step memory ÷ ERM, LoRA, every size."""
+    args = algorithms.parse_args(["--sizes", *p["alg_sizes"], "--steps", str(p["alg_steps"]), "--warmup",
+                                  str(p["alg_warmup"]), "--budget", str(p["alg_budget"]), "--mem-jobs",
+                                  str(p["mem_jobs"]), "--threads", str(threads), "--device", "cpu"])
+    rows = algorithms.measure(args)
+    rep.data["algorithms"] = rows
+    rep.add("## 6. The DG algorithm zoo: step time and memory ÷ ERM (LoRA)", "",
+            f"One Trainer step (`zero_grad → update → AdamW.step` unless the algorithm owns its step → `after_step`) "
+            f"on 4 domains × {step_time.per_domain(args)} × 1 s of seeded noise, the zoo's settings "
+            f"(`benchmarks/zoo_*.yaml`); one shared LoRA model per size; every algorithm once per round, the order "
+            f"rotated, {args.warmup} warm-up round(s), median of ≤ {args.steps} rounds (fewer past the budget). "
+            "Peak step memory: each (size, algorithm) in a fresh forkserver child, as in section 1.", "")
+    rep.add(algorithms.render(rows), "")
+    for r in rows:
+        if r["target"]:
+            rep.target(f"{r['algorithm']} ÷ ERM step time, lora, {r['size']}", r["ratio"], "≤", r["target"])
+
+
 def throughput_section(rep: Report, p: dict[str, Any], threads: int) -> None:
     """3. Loader clips/s vs model clips/s, and end-to-end training, per worker count."""
     args = throughput.parse_args(["--size", p["tp_size"], "--workers", *map(str, p["tp_workers"]), "--clips",
@@ -325,6 +348,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sizes", choices=list(step_time.SIZES), help="use this one backbone size in every section")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: steady on a shared machine; the cores' count on a quiet one)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, help="run only these sections (default: all)")
     p.add_argument("--out", default=str(HERE / "REPORT.md"), help="Markdown report; the figures go to the same name .json")
     return p.parse_args(argv)
 
@@ -339,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     p = dict(PRESETS[mode])
     if args.sizes:
         p.update(mldg_sizes=[args.sizes], adapter_size=args.sizes, tp_size=args.sizes, sc_size=args.sizes,
-                 scale_size=args.sizes)
+                 scale_size=args.sizes, alg_sizes=[args.sizes])
         mode += f", every size {args.sizes}"
     info = machine(args.threads)
     rep = Report()
@@ -347,7 +371,10 @@ def main(argv: list[str] | None = None) -> None:
                           ("LoRA vs full", lambda: adapter_section(rep, p, args.threads)),
                           ("throughput", lambda: throughput_section(rep, p, args.threads)),
                           ("evaluation", lambda: scoring_section(rep, p, args.threads)),
-                          ("scale notes", lambda: scale_section(rep, p))):
+                          ("scale notes", lambda: scale_section(rep, p)),
+                          ("algorithms", lambda: algorithms_section(rep, p, args.threads))):
+        if args.sections and name not in args.sections:
+            continue
         print(f"[{time.perf_counter() - t0:5.0f} s] {name}", flush=True)
         section()
     info["load_end"] = os.getloadavg()

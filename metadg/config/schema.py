@@ -81,12 +81,39 @@ class TrainConfig(StrictModel):
     def _known_schedule(cls, value: str) -> str:
         return registered(SCHEDULES, value)
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"{value!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:1', 'mps', ...") from None
+        return value
+
+
+#: MLflow tracking-store schemes (sqlalchemy databases may name a driver: postgresql+psycopg2://)
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
 
 class TrackingConfig(StrictModel):
     """Where MLflow records the run."""
 
     enabled: bool = Field(True, description="log to MLflow")
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (file, sqlite:///..., http://...)")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = value.partition("://")[0].split("+")[0].lower() if "://" in value else ""
+        if scheme and scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"unknown tracking URI scheme {scheme!r} in {value!r} (known: {', '.join(TRACKING_SCHEMES)}; "
+                             "or a local folder path)")
+        return value
+
     experiment: str = Field("metadg", description="MLflow experiment name")
     artifact_location: str | None = Field(
         None, description="artifact root for a new experiment; default ./mlartifacts beside a sqlite store"

@@ -36,13 +36,19 @@ def parse_yaml(text: str, source: str) -> Any:
     Aliases share one object, so a small "billion laughs" file loads cheaply, but every later walk
     (includes, ${var} expansion, validation, logging) would expand it; it is refused up front.
     """
-    loader = yaml.SafeLoader(text)  # what yaml.safe_load uses, split to check the node graph before building
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # what yaml.safe_load uses, split to check the node graph before building
         node = loader.get_single_node()
         if node is None:
             return None
         _check_nodes(node, source, {}, set())
         return loader.construct_document(node)
+    except yaml.reader.ReaderError as exc:  # a control character or invalid code point: where it is and which
+        line = text[:exc.position].count("\n") + 1 if isinstance(text, str) else 1
+        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+        raise ConfigError(f"{source}:{line}: invalid YAML: character U+{code:04X} is not allowed "
+                          "(control characters other than tab and newline cannot appear in YAML)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -51,7 +57,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_nodes(node: yaml.Node, source: str, sizes: dict[int, int], open_nodes: set[int]) -> int:
