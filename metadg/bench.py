@@ -24,6 +24,8 @@ from metadg.config import (
     deep_merge,
     expand_vars,
     load_raw,
+    nested_name,
+    plain_name,
     set_dotted,
 )
 from metadg.engine.build import resolve_device
@@ -83,7 +85,7 @@ def plan(path: str | Path, overrides: list[str] | None = None) -> tuple[str, lis
     """
     path = Path(path)
     raw = apply_overrides(load_raw(path), overrides)
-    name = str(raw.pop("name", None) or path.stem)
+    name = nested_name(raw.pop("name", None) or path.stem, f"{path}: name")  # the benchmark's folder
     files = raw.pop("parts", None)
     if files is None:
         return name, [_expand_part(raw, path, name, name, "")]
@@ -102,7 +104,7 @@ def plan(path: str | Path, overrides: list[str] | None = None) -> tuple[str, lis
         for key in ("grid", "soups"):  # replaced whole: a merged grid would mix both files' axes
             if key in raw:
                 merged[key] = raw[key]
-        part_name = str(merged.pop("name", None) or part_path.stem)
+        part_name = plain_name(merged.pop("name", None) or part_path.stem, f"{part_path}: name")
         parts.append(_expand_part(merged, part_path, f"{name}/{part_name}", part_name, part_name))
     names = [p.name for p in parts]
     if len(set(names)) < len(names):

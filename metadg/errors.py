@@ -88,6 +88,12 @@ def handle(exc: BaseException, argv: list[str], debug: bool) -> int:
     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C, or one before the Trainer's handler was installed
         print("\ninterrupted", file=sys.stderr)
         return EXIT_STOPPED
+    if isinstance(exc, BrokenPipeError) and exc.filename is None:  # stdout closed early (`| head`): not an error
+        try:  # Python would complain again when flushing stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
     if debug:
         raise exc
     if isinstance(exc, USAGE_ERRORS):

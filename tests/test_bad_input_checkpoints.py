@@ -198,3 +198,15 @@ def test_eval_skips_and_counts_unreadable_audio(run_dir, eval_sets, sandbox, cap
     assert json.loads((out / "metrics.json").read_text())["x"]["skipped"] == 2  # nan.wav and the truncated wav-data.wav
     written = box.written()
     assert out / "metrics.json" in written and all(p == out or out in p.parents for p in written)
+
+
+@pytest.mark.parametrize("name", ["../../evil", "/tmp/evil"])
+def test_an_eval_set_named_like_a_path_is_refused_and_nothing_is_written(tmp_path, run_dir, eval_sets, sandbox,
+                                                                          capsys, name):
+    spec = yaml.safe_load(eval_sets["skip"].read_text())["eval"]["x"]
+    sets = tmp_path / "sets.yaml"
+    sets.write_text(yaml.safe_dump({"eval": {name: spec}}))
+    box, existed = sandbox(run_dir), Path("/tmp/evil").exists()
+    status, _, err = cli(capsys, "eval", str(run_dir), "--sets", str(sets), "--out", str(tmp_path / "out"))
+    assert status == 2 and f"eval: {name!r} must not contain '/'" in err
+    assert box.written() == set() and Path("/tmp/evil").exists() == existed

@@ -7,6 +7,7 @@ from __future__ import annotations
 from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, LOSSES, MODELS, SCHEDULES, SELECTIONS, TASKS, Registry,
                              unknown_name_message)
 from metadg.config.schema import ConfigError, SelectionConfig, StrictModel, TrackingConfig, TrainConfig, registered
+from metadg.config.names import nested_name, plain_name
 from metadg.config.yaml_io import MAX_YAML_NODES, _check_nodes, dump_yaml, parse_yaml, read_yaml
 from metadg.config.compose import (
     MAX_EXPANDED_CHARS,
@@ -31,6 +32,7 @@ __all__ = [
     "ADAPTERS", "ALGORITHMS", "BENCH_KEYS", "HEADS", "LOSSES", "MAX_EXPANDED_CHARS", "MAX_YAML_NODES", "MODELS", "SCHEDULES",
     "SELECTIONS", "TASKS", "TOP_KEYS", "ConfigError", "Experiment", "Plugin", "Registry", "SelectionConfig",
     "StrictModel", "TrackingConfig", "TrainConfig", "apply_overrides", "build_experiment", "deep_merge", "dump_yaml",
-    "expand_vars", "format_validation_error", "load_config", "load_raw", "parse_override", "parse_yaml", "read_yaml",
+    "expand_vars", "format_validation_error", "load_config", "load_raw", "nested_name", "parse_override", "parse_yaml",
+    "plain_name", "read_yaml",
     "registered", "set_dotted", "unknown_name_message", "validate_plugin",
 ]

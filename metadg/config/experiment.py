@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from metadg.config.compose import apply_overrides, expand_vars, load_raw
 from metadg.config.plugins import Plugin, format_validation_error, validate_plugin
+from metadg.config.names import nested_name
 from metadg.config.schema import ConfigError, TrackingConfig, TrainConfig
 
 BENCH_KEYS = ("grid", "variants", "search", "benchmark")
@@ -145,8 +146,7 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
     if not isinstance(name, str) or not isinstance(output_dir, str):
         raise ConfigError("name and output_dir must be strings")
     # The run folder is output_dir/name: a name may nest folders (benchmarks do) but not leave output_dir.
-    if Path(name).is_absolute() or ".." in Path(name).parts or "\x00" in name:
-        raise ConfigError(f"name: {name!r} must be a relative folder name inside output_dir (no '..', not absolute)")
+    nested_name(name, "name")
     registries = _package()
     return Experiment(
         seed=seed,

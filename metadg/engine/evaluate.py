@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metadg.config import plain_name
 from metadg.engine.scoring import (  # noqa: F401  old home of these names (metadg.evaluation)
     MAX_PADDING,
     length_batches,
@@ -47,6 +48,8 @@ def evaluate_sets(
     """Score each set into (N, C) logits, compute the task's metrics, write its per-set files and summary files."""
     out_dir = Path(out_dir)
     ev = Evaluation()
+    for name in sets:  # what a task plugin names its sets becomes file names in out_dir: never a path
+        plain_name(name, "evaluation set name")
     for name, utts in sets.items():
         logits = utterance_logits(model, utts, device=device, progress=progress, desc=f"eval {name}", **options)
         ev.results[name] = task.metrics(logits, utts, calibration)

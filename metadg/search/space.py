@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from metadg.config import (
     BENCH_KEYS,
@@ -22,6 +22,7 @@ from metadg.config import (
     build_experiment,
     expand_vars,
     load_raw,
+    nested_name,
 )
 from metadg.registry import PRUNERS, SAMPLERS, Registry, unknown_name_message
 
@@ -164,6 +165,12 @@ class SearchConfig(StrictModel):
     timeout: float | None = Field(None, gt=0, description="seconds after which this command starts no new trial")
     storage: str | None = Field(None, description="SQLAlchemy URL or journal:PATH; default sqlite in the study folder")
     study_name: str | None = Field(None, description="default: the experiment's name")
+
+    @field_validator("study_name")
+    @classmethod
+    def _folder_name(cls, value: str | None) -> str | None:
+        # The study folder is output_dir/study_name: it may nest, never leave output_dir.
+        return None if value is None else nested_name(value, "study_name")
     heartbeat_interval: int = Field(60, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int | None = Field(None, ge=1, description="seconds without heartbeat before a trial is failed; default 2 × interval")
     enqueue_default: bool = Field(True, description="run the config's own values as the first trial, when inside the space")

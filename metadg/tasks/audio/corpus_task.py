@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from metadg.config import ConfigError, StrictModel
+from metadg.config import ConfigError, StrictModel, plain_name
 from metadg.registry import unknown_name_message
 from metadg.tasks.audio.corpus import LabelMap, corpus_spec, read_corpus
 from metadg.tasks.base import Task, Utterances
@@ -34,7 +34,8 @@ class CorpusTaskConfig(StrictModel):
     def _check_eval(cls, value: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(value, dict):
             raise ValueError("expected a mapping of set name → corpus spec")
-        return {str(k): corpus_spec(v, f"eval.{k}") for k, v in value.items()}
+        # A set's name becomes its score files' names: one plain file name, never a path.
+        return {plain_name(k, "eval"): corpus_spec(v, f"eval.{k}") for k, v in value.items()}
 
 
 class CorpusTask(Task):
