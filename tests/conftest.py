@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +59,23 @@ def sandbox(tmp_path, monkeypatch):
     from hostile import Sandbox
 
     return lambda *watch: Sandbox(tmp_path, monkeypatch, watch)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, synthetic_cache) -> Path:
+    """A run folder trained for one step (its checkpoint is the real thing the hostile ones imitate)."""
+    corpus = {"name": "synthetic", "cache_dir": synthetic_cache, "duration_s": 0.5}
+    cfg = {
+        "name": "trained", "seed": 0, "output_dir": str(tmp_path_factory.mktemp("runs")),
+        "task": {"name": "spoof_detection", "crop_samples": 8000,
+                 "train": {**corpus, "split": "train", "n_bonafide": 40, "n_per_attack": 20},
+                 "dev": {**corpus, "split": "dev", "n_bonafide": 20, "n_per_attack": 10}},
+        "model": {"backbone": {"name": "ssl", "preset": "tiny"}, "head": {"name": "linear"}},
+        "adapter": {"name": "lora", "r": 4}, "algorithm": {"name": "erm"},
+        "train": {"steps": 1, "eval_every": 1, "batch_per_domain": 2, "progress": False},
+        "tracking": {"enabled": False},
+    }
+    from metadg.config import build_experiment
+    from metadg.engine.trainer import Trainer
+
+    return Path(Trainer(build_experiment(cfg)).fit().run_dir)

@@ -15,30 +15,12 @@ import soundfile as sf
 import torch
 import yaml
 
-import metadg.config
 from metadg.engine.checkpoint import CheckpointError
-from metadg.engine.trainer import Trainer, load_trained
+from metadg.engine.trainer import load_trained
 from hostile import SR, audio_cases, cli, tone
 
 
 # ---------------------------------------------------------------- checkpoints, `metadg eval` and `metadg score`
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, synthetic_cache) -> Path:
-    """A run folder trained for one step (its checkpoint is the real thing the hostile ones imitate)."""
-    corpus = {"name": "synthetic", "cache_dir": synthetic_cache, "duration_s": 0.5}
-    cfg = {
-        "name": "trained", "seed": 0, "output_dir": str(tmp_path_factory.mktemp("runs")),
-        "task": {"name": "spoof_detection", "crop_samples": 8000,
-                 "train": {**corpus, "split": "train", "n_bonafide": 40, "n_per_attack": 20},
-                 "dev": {**corpus, "split": "dev", "n_bonafide": 20, "n_per_attack": 10}},
-        "model": {"backbone": {"name": "ssl", "preset": "tiny"}, "head": {"name": "linear"}},
-        "adapter": {"name": "lora", "r": 4}, "algorithm": {"name": "erm"},
-        "train": {"steps": 1, "eval_every": 1, "batch_per_domain": 2, "progress": False},
-        "tracking": {"enabled": False},
-    }
-    return Path(Trainer(metadg.config.build_experiment(cfg)).fit().run_dir)
 
 
 class Evil:

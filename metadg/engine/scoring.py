@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from metadg.engine.utterances import Utterances
+from metadg.engine.utterances import LoadError, Utterances
+
+log = logging.getLogger(__name__)
 
 
 def segments(wave: np.ndarray, chunk: int | None, overlap: float) -> list[np.ndarray]:
@@ -38,6 +42,28 @@ def length_batches(segs: list[tuple[int, np.ndarray]], batch_size: int) -> list[
     return batches
 
 
+def _batch_logits(model: nn.Module, part: list[tuple[int, np.ndarray]], device: torch.device,
+                  amp: bool) -> np.ndarray:
+    lengths = [seg.shape[0] for _, seg in part]
+    inputs = torch.zeros(len(part), max(lengths))
+    for row, (_, seg) in enumerate(part):
+        inputs[row, : lengths[row]] = torch.from_numpy(seg)
+    lens = None if min(lengths) == max(lengths) else torch.tensor(lengths, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(inputs.to(device), lens).float().cpu().numpy()
+
+
+def _unusable(utts: Utterances, index: int, message: str, reason: str) -> None:
+    """Raise a LoadError naming the utterance, or (on_error: skip) count it under `reason`."""
+    error = LoadError(f"{utts.name or 'utterances'}: {utts.describe(index)}: {message}", reason)
+    if utts.on_error != "skip":
+        raise error
+    if not utts.skipped:
+        log.warning("%s: skipping (on_error: skip): %s", utts.name or "utterances", error)
+    utts.skipped[reason] += 1
+    utts.errors[utts.ids[index]] = str(error)
+
+
 @torch.no_grad()
 def utterance_logits(
     model: nn.Module,
@@ -53,13 +79,17 @@ def utterance_logits(
 ) -> np.ndarray:
     """(N, C) float64 logits per utterance, in `utts` order: of whole utterances, or the mean over overlapping chunks.
 
-    Under `utts.on_error == "skip"` an unusable file gets a row of NaN and is counted in `utts.skipped`.
+    An utterance is unusable when its file cannot be loaded, when the model cannot take it (e.g.
+    shorter than the backbone's receptive field: the batch is retried one utterance at a time to
+    find it) or when the model's output for it is not finite. Under `utts.on_error == "skip"` it
+    gets a row of NaN and is counted in `utts.skipped`; otherwise a LoadError names it.
     """
     was_training = model.training
     model.eval()
     device = torch.device(device)
     totals: np.ndarray | None = None
     counts = np.zeros(len(utts), dtype=np.int64)
+    failed: set[int] = set()
     # Reading a window of utterances and sorting its segments by length keeps
     # padding small without loading the whole set first.
     window = batch_size * 8
@@ -70,25 +100,48 @@ def utterance_logits(
                 for seg in segments(wave, chunk_samples, chunk_overlap)]
         segs.sort(key=lambda item: item[1].shape[0])
         for part in length_batches(segs, batch_size):
-            lengths = [seg.shape[0] for _, seg in part]
-            inputs = torch.zeros(len(part), max(lengths))
-            for row, (_, seg) in enumerate(part):
-                inputs[row, : lengths[row]] = torch.from_numpy(seg)
-            lens = None if min(lengths) == max(lengths) else torch.tensor(lengths, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(inputs.to(device), lens)
-            owners = np.array([i for i, _ in part])
-            if totals is None:
-                totals = np.zeros((len(utts), logits.shape[1]), dtype=np.float64)
-            np.add.at(totals, owners, logits.float().cpu().numpy())
-            np.add.at(counts, owners, 1)
+            try:
+                results = [(part, _batch_logits(model, part, device, amp))]
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:  # one utterance the model cannot take must not lose the batch: find it
+                results = []
+                for item in part:
+                    if item[0] in failed:
+                        continue
+                    try:
+                        results.append(([item], _batch_logits(model, [item], device, amp)))
+                    except torch.OutOfMemoryError:
+                        raise
+                    except RuntimeError as exc:
+                        failed.add(item[0])
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        _unusable(utts, item[0], f"the model cannot take this audio ({item[1].shape[0]} samples): "
+                                  f"{first}", "model cannot take the audio")
+            for done, logits in results:
+                owners = np.array([i for i, _ in done])
+                if totals is None:
+                    totals = np.zeros((len(utts), logits.shape[1]), dtype=np.float64)
+                np.add.at(totals, owners, logits)
+                np.add.at(counts, owners, 1)
         bar.update(min(start + window, len(utts)) - start)
     bar.close()
     model.train(was_training)
     if totals is None:  # nothing scored (every file skipped, or no files): the width is the model's
         totals = np.zeros((len(utts), int(getattr(model, "num_classes", 2))), dtype=np.float64)
+    counts[list(failed)] = 0  # a chunk of a long utterance may have scored before another failed
     with np.errstate(invalid="ignore"):
-        return totals / counts[:, None]  # NaN rows mark utterances skipped under on_error: skip
+        out = totals / counts[:, None]  # NaN rows mark unusable utterances under on_error: skip
+    bad = np.flatnonzero((counts > 0) & ~np.isfinite(out).all(axis=1))
+    if len(bad) > 1 and len(bad) == int((counts > 0).sum()):  # every file at once: the model, not the audio
+        raise FloatingPointError(f"{utts.name or 'utterances'}: the model's output is NaN/Inf for every one of the "
+                                 f"{len(bad)} utterances scored; its weights have diverged or are damaged")
+    for i in bad:
+        # A finite but extreme input (±1e30 samples) can drive the model to NaN/Inf: that file's failure.
+        _unusable(utts, int(i), "the model's output is not finite (NaN/Inf logits; extreme sample values?)",
+                  "non-finite model output")
+        out[i] = np.nan
+    return out
 
 
 def class_log_odds(logits: np.ndarray) -> np.ndarray:

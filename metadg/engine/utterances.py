@@ -47,6 +47,8 @@ class Utterances:
         self.on_error = on_error
         #: utterances whose audio failed to load under on_error: skip, by reason
         self.skipped: Counter[str] = Counter()
+        #: utterance id → why it was skipped (the message a raise would have given)
+        self.errors: dict[str, str] = {}
         self.ids = list(ids)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.attrs = {k: list(v) for k, v in attrs.items()}
@@ -77,7 +79,14 @@ class Utterances:
             if not self.skipped:
                 log.warning("%s: skipping unusable audio (on_error: skip): %s", self.name or "utterances", exc)
             self.skipped[reason] += 1
+            self.errors[self.ids[index]] = str(exc)
             return None
+
+    def describe(self, index: int) -> str:
+        """The utterance's id, with its file when the loader knows it (for messages)."""
+        source = getattr(self.loader, "source", None)
+        path = source(index) if source else None
+        return f"{self.ids[index]} ({path})" if path and path != self.ids[index] else self.ids[index]
 
     def attr(self, key: str) -> list[str]:
         """Column of attribute `key`; the error lists the attributes that exist."""
@@ -97,6 +106,7 @@ class Utterances:
             self.on_error,
         )
         sub.skipped = self.skipped  # one tally per corpus, whichever view hit the bad file
+        sub.errors = self.errors
         return sub
 
 
@@ -108,6 +118,11 @@ class _SubsetLoader:
 
     def __call__(self, index: int) -> np.ndarray:
         return self.parent(self.indices[index])
+
+    def source(self, index: int) -> str | None:
+        """The parent's file of this utterance, if the parent knows it."""
+        source = getattr(self.parent, "source", None)
+        return source(self.indices[index]) if source else None
 
 
 class ArrayLoader:

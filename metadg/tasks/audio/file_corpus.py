@@ -253,6 +253,10 @@ class FileLoader:
     def __call__(self, index: int):  # noqa: ANN204  returns np.ndarray
         return load_audio(self.paths[index], self.sample_rate)
 
+    def source(self, index: int) -> str:
+        """The audio file of utterance `index`."""
+        return self.paths[index]
+
 
 def split_line(line: str, n_fields: int | tuple[int, ...], where: str, sep: str | None = None) -> list[str]:
     """Split a protocol line and check its field count (a tuple allows several counts)."""
