@@ -61,6 +61,44 @@ def test_grad_accumulation_averages_the_draws(tiny_config):
         torch.testing.assert_close(got[k], (draws[0][k] + draws[1][k]) / 2)
 
 
+def test_a_step_that_overflows_the_weights_is_undone_and_counted(tiny_config, monkeypatch):
+    # Finite gradients, but the update sends a weight to inf (what a diverging learning rate does).
+    tiny_config["train"].update({"steps": 6, "eval_every": 2, "max_bad_steps": 3})
+    trainer = Trainer(build_experiment(tiny_config))
+    trainer.setup()
+    real_step, poisoned = trainer.optimizer.step, {"left": 1}
+
+    def step():
+        real_step()
+        if poisoned["left"]:
+            poisoned["left"] -= 1
+            with torch.no_grad():
+                next(iter(trainer.params.values())).view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(trainer.optimizer, "step", step)
+    before = {k: p.detach().clone() for k, p in trainer.params.items()}
+    assert trainer._train_step() == {"skipped_step": 1.0}
+    assert all(torch.equal(p, before[k]) for k, p in trainer.params.items())  # put back exactly
+    assert "loss" in trainer._train_step() and trainer.loop.bad_steps == 0  # the next step applies
+    assert any(not torch.equal(p, before[k]) for k, p in trainer.params.items())
+    poisoned["left"] = 10
+    with pytest.raises(FloatingPointError, match="3 consecutive steps had NaN/Inf loss, gradients or updated weights"):
+        for _ in range(3):
+            trainer._train_step()
+    assert all(bool(p.isfinite().all()) for p in trainer.params.values())
+
+
+@pytest.mark.parametrize("key, value, message", [("lr", float("inf"), "finite number"),
+                                                 ("weight_decay", float("nan"), "finite number"),
+                                                 ("class_weights", {"spoof": 0.0}, "must be a finite number > 0")])
+def test_non_finite_rates_and_non_positive_class_weights_are_refused(tiny_config, key, value, message):
+    from metadg.config import ConfigError
+
+    tiny_config["train"][key] = value
+    with pytest.raises(ConfigError, match=rf"train\.{key}[\s\S]*{message}"):
+        build_experiment(tiny_config)
+
+
 def test_bf16_autocast_trains_and_scores(tiny_config):
     tiny_config["train"].update({"amp": True, "steps": 3, "eval_every": 3})
     result = Trainer(build_experiment(tiny_config)).fit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -45,17 +46,19 @@ class TrainConfig(StrictModel):
     """Optimisation and evaluation schedule, owned by the Trainer."""
 
     steps: int = Field(1000, ge=1, description="number of optimizer steps")
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False, description="AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
     schedule: str = Field("constant", description="learning-rate schedule after warm-up, by name (`metadg list`)")
     batch_per_domain: int = Field(8, ge=2, description="utterances per source domain per step")
     class_weights: dict[str, float] | None = Field(
         None, description="cross-entropy weight per class name, e.g. {bonafide: 0.9, spoof: 0.1}"
     )
-    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables clipping")
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False,
+                                    description="max global grad norm; null disables clipping")
     max_bad_steps: int = Field(
-        10, ge=1, description="steps with NaN/Inf loss or gradients are skipped; stop after this many in a row"
+        10, ge=1, description="steps with NaN/Inf loss, gradients or updated weights are undone and skipped; stop "
+        "after this many in a row"
     )
     eval_every: int = Field(100, ge=1, description="evaluate on the dev split every N steps")
     patience: int | None = Field(
@@ -75,6 +78,15 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     progress: bool = Field(True, description="show progress bars")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="model-selection method")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, weight in (value or {}).items():
+            if not math.isfinite(weight) or weight <= 0:
+                raise ValueError(f"class {name!r}: weight {weight!r} must be a finite number > 0 "
+                                 "(0 would drop the class from the loss; leave it out of class_weights for 1.0)")
+        return value
 
     @field_validator("schedule")
     @classmethod

@@ -120,6 +120,7 @@ class Trainer:
         self.fingerprint = frozen_fingerprint(self.model)
         self.loss_fn = make_loss(exp, self.task, self.device)
         self.algorithm = exp.algorithm.build(self.model, self.params, self.loss_fn, seed=exp.seed)
+        self._kept: list[torch.Tensor] | None = None  # the weights before the current step (_keep_weights)
         if self.algorithm.owns_step:
             if tc.grad_accum > 1:
                 raise ConfigError(f"train.grad_accum: {exp.algorithm.name} takes its own optimisation steps, "
@@ -259,6 +260,7 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         tc = self.exp.train
         self.model.train()
+        self._keep_weights()
         self.optimizer.zero_grad(set_to_none=True)
         self.algorithm.lr = self.scheduler.get_last_lr()[0]
         metrics: dict[str, float] = {}
@@ -279,7 +281,6 @@ class Trainer:
         )
         if not finite:
             return self._skip_step(metrics)
-        self.loop.bad_steps = 0
         if self.algorithm.owns_step:  # the weights moved inside update(); nothing left to apply
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -287,6 +288,11 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.exp.train.grad_clip)
                 metrics["grad_norm"] = float(norm)
             self.optimizer.step()
+        if not all(bool(p.isfinite().all()) for p in self.params.values()):
+            # Finite gradients can still overflow the weights (a diverging learning rate): undo the step.
+            self._restore_weights()
+            return self._skip_step({**metrics, "weights": math.nan})
+        self.loop.bad_steps = 0
         with warnings.catch_warnings():
             # The optimizer never steps under an algorithm that owns its step; torch would say so every run.
             warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)` before `optimizer\.step\(\)")
@@ -294,15 +300,30 @@ class Trainer:
         self.algorithm.after_step(self.loop.step)
         return metrics
 
+    def _keep_weights(self) -> None:
+        """Copy the trainable weights before a step (into buffers kept between steps), so a bad step can be undone."""
+        with torch.no_grad():
+            if self._kept is None:
+                self._kept = [p.detach().clone() for p in self.params.values()]
+            else:
+                torch._foreach_copy_(self._kept, [p.detach() for p in self.params.values()])
+
+    def _restore_weights(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.params.values()], self._kept)
+
     def _skip_step(self, metrics: dict[str, float]) -> dict[str, float]:
-        # A NaN/Inf step must not reach the weights: skip it, count it, and stop
-        # after too many in a row (the best checkpoint on disk stays intact).
+        # A NaN/Inf step must not reach the weights: skip it (an algorithm that owns its step may
+        # have moved them already: put them back), count it, and stop after too many in a row
+        # (the best checkpoint on disk stays intact).
+        self._restore_weights()
         self.optimizer.zero_grad(set_to_none=True)
         self.loop.bad_steps += 1
         self.loop.bad_steps_total += 1
         if self.loop.bad_steps >= self.exp.train.max_bad_steps:
             raise FloatingPointError(
-                f"{self.loop.bad_steps} consecutive steps had NaN/Inf loss or gradients (last metrics {metrics}); "
+                f"{self.loop.bad_steps} consecutive steps had NaN/Inf loss, gradients or updated weights (last metrics "
+                f"{metrics}); "
                 f"stopping. The best checkpoint so far is intact in {self.best_dir}"
             )
         return {"skipped_step": 1.0}
