@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -20,6 +21,7 @@ from metadg.config import (
     ConfigError,
     Experiment,
     apply_overrides,
+    atomic_write_text,
     build_experiment,
     deep_merge,
     expand_vars,
@@ -29,6 +31,7 @@ from metadg.config import (
     set_dotted,
 )
 from metadg.engine.build import resolve_device
+from metadg.engine.checkpoint import CheckpointError
 from metadg.engine.resume import StopRequested
 from metadg.engine.trainer import RunResult, Trainer
 from metadg.tasks.base import Headline
@@ -208,7 +211,7 @@ def run_benchmark(path: str | Path, overrides: list[str] | None = None, output_d
     if composite:
         sections = [f"## {part.name}\n\n" + format_table(summarize(results_rows(rows)), higher_columns(rows))
                     for part in parts if (rows := [d for d in done if d[0].part == part.name])]
-        (root / "results.md").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+        atomic_write_text(root / "results.md", "\n\n".join(sections) + "\n")
     return str(root), done
 
 
@@ -234,7 +237,7 @@ def _run_part(part: Part, root: Path, tracker: Tracker, name: str, path: str | P
             finished = _finished(root, cell)
             if finished is not None:
                 log.info("%s: finished earlier, reading %s", cell.label, finished)
-                done.append((cell, RunResult(**json.loads(finished.read_text(encoding="utf-8")))))
+                done.append((cell, read_result(finished)))
                 continue
             tags = {"cell": cell.label, "cell_id": cell.cell_id, "system": cell.system}
             run_dir = root / f"{_slug(cell.label)}-{cell.cell_id}"
@@ -260,6 +263,15 @@ def _run_part(part: Part, root: Path, tracker: Tracker, name: str, path: str | P
                 tracker.log_artifact(parent, artifact)
         tracker.end(parent, status)
     return done
+
+
+def read_result(path: Path) -> RunResult:
+    """A finished run's results.json; a damaged one is an error that says how to redo the run."""
+    try:
+        return RunResult(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, wrong or missing fields
+        raise CheckpointError(f"{path}: damaged ({type(exc).__name__}: {exc}); remove {path.parent} to run that "
+                              "cell again") from None
 
 
 def _dotted(data: Any, key: str) -> Any:
@@ -295,7 +307,7 @@ def _soup_rows(spec: SoupSpec, done: list[tuple[Cell, RunResult]], root: Path, t
             device = str(resolve_device(cells[0].experiment.train.device))
             make_soup(dirs, out, greedy=spec.greedy, device=device,
                       tracker=tracker, parent_run_id=parent)
-        result = RunResult(**json.loads((out / "results.json").read_text(encoding="utf-8")))
+        result = read_result(out / "results.json")
         rows.append((Cell(label, cells[0].experiment, spec.label, cells[0].part), result))
     return rows
 
@@ -312,7 +324,7 @@ def _parent_run(tracker: Tracker, root: Path, name: str, path: str | Path, n_cel
                            run_dir=root)
     if parent is not None:
         root.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"uri": tracker.cfg.uri, "run_id": parent}), encoding="utf-8")
+        atomic_write_text(marker, json.dumps({"uri": tracker.cfg.uri, "run_id": parent}))
     return parent
 
 
@@ -407,12 +419,13 @@ def format_table(rows: list[dict[str, Any]], higher: frozenset[str] = frozenset(
 
 def write_tables(rows: list[dict[str, Any]], directory: Path, higher: frozenset[str] = frozenset()) -> None:
     """results.md (mean ± std per system) and results.csv (one row per cell) in `directory`."""
-    (directory / "results.md").write_text(format_table(summarize(rows), higher) + "\n", encoding="utf-8")
+    atomic_write_text(directory / "results.md", format_table(summarize(rows), higher) + "\n")
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    with (directory / "results.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(directory / "results.csv", buffer.getvalue())
 
 
 def plot_metric(rows: list[dict[str, Any]], path: Path, head: Headline) -> Path | None:

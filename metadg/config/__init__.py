@@ -7,6 +7,7 @@ from __future__ import annotations
 from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, LOSSES, MODELS, SCHEDULES, SELECTIONS, TASKS, Registry,
                              unknown_name_message)
 from metadg.config.schema import ConfigError, SelectionConfig, StrictModel, TrackingConfig, TrainConfig, registered
+from metadg.config.files import atomic_write_text
 from metadg.config.names import nested_name, plain_name
 from metadg.config.yaml_io import MAX_YAML_NODES, _check_nodes, dump_yaml, parse_yaml, read_yaml
 from metadg.config.compose import (
@@ -29,7 +30,7 @@ from metadg.config.experiment import (
 )
 
 __all__ = [
-    "ADAPTERS", "ALGORITHMS", "BENCH_KEYS", "HEADS", "LOSSES", "MAX_EXPANDED_CHARS", "MAX_YAML_NODES", "MODELS", "SCHEDULES",
+    "atomic_write_text", "ADAPTERS", "ALGORITHMS", "BENCH_KEYS", "HEADS", "LOSSES", "MAX_EXPANDED_CHARS", "MAX_YAML_NODES", "MODELS", "SCHEDULES",
     "SELECTIONS", "TASKS", "TOP_KEYS", "ConfigError", "Experiment", "Plugin", "Registry", "SelectionConfig",
     "StrictModel", "TrackingConfig", "TrainConfig", "apply_overrides", "build_experiment", "deep_merge", "dump_yaml",
     "expand_vars", "format_validation_error", "load_config", "load_raw", "nested_name", "parse_override", "parse_yaml",

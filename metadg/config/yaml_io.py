@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from metadg.config.files import atomic_write_text
 from metadg.config.schema import ConfigError
 
 #: values a YAML document may hold once aliases are expanded; a paper grid holds a few thousand
@@ -95,4 +96,4 @@ def _check_nodes(node: yaml.Node, source: str, sizes: dict[int, int], open_nodes
 
 def dump_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write a mapping as readable YAML (key order kept)."""
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

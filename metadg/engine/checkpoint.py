@@ -63,6 +63,10 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], met
     # Write a complete sibling folder, then swap it in: a crash or a full disk at
     # any point leaves either the previous checkpoint or the new one, never a mix
     # (read_checkpoint falls back to `<name>.old` if the crash hit between renames).
+    # A kill during an earlier save leaves its temporary folder behind: one process writes a run
+    # folder at a time (the run-folder lock), so any such folder is stale.
+    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     old = directory.with_name(directory.name + ".old")
     try:

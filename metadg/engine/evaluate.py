@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metadg.config import plain_name
+from metadg.config import atomic_write_text, plain_name
+from metadg.engine.run_folder import RunFolderLock
 from metadg.engine.scoring import (  # noqa: F401  old home of these names (metadg.evaluation)
     MAX_PADDING,
     length_batches,
@@ -79,10 +80,10 @@ def evaluate_checkpoint(
         exp = build_experiment(data, source=f"{checkpoint} + eval sets")
     task = exp.task.build(seed=exp.seed)
     out_dir = Path(out_dir)
-    ev = evaluate_sets(model, task, task.eval_sets(), out_dir, calibration=meta.get("calibration"), device=device,
-                       options=scoring_options(exp.train), progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(ev.results, indent=2), encoding="utf-8")
+    with RunFolderLock(out_dir, "evaluation"):  # two evaluations into one folder would mix their files
+        ev = evaluate_sets(model, task, task.eval_sets(), out_dir, calibration=meta.get("calibration"), device=device,
+                           options=scoring_options(exp.train), progress=progress)
+        atomic_write_text(out_dir / "metrics.json", json.dumps(ev.results, indent=2))
     return ev.results
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metadg.config import ConfigError, build_experiment, dump_yaml
+from metadg.config import ConfigError, atomic_write_text, build_experiment, dump_yaml
 from metadg.engine.accounting import count_parameters
 from metadg.engine.build import checkpoint_classes, load_trained
 from metadg.engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
@@ -209,5 +209,5 @@ def make_soup(run_dirs: list[Path], out_dir: Path, greedy: bool = False, device:
     # A soup trains no steps: best_step and steps_done are 0; the counts are the first run's model's.
     trainable, total, full = count_parameters(model, adapter)
     result = RunResult(out_dir.name, str(out_dir), 0, 0, trainable, total, full, dev, ev.results, run_id, selection.label)
-    (out_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+    atomic_write_text(out_dir / "results.json", json.dumps(asdict(result), indent=2))
     return SoupResult(result, method, record["runs"], record["kept"], metric, trace)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metadg.config import ConfigError, Experiment, TrackingConfig, build_experiment, dump_yaml
+from metadg.config import ConfigError, Experiment, TrackingConfig, atomic_write_text, build_experiment, dump_yaml
 from metadg.engine import distributed
 from metadg.engine.accounting import count_parameters
 from metadg.engine.batcher import DomainBatcher
@@ -24,6 +25,7 @@ from metadg.engine.build import build_model_and_adapter, load_trained, make_loss
 from metadg.engine.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint, save_checkpoint
 from metadg.engine.evaluate import evaluate_sets
 from metadg.engine.resume import LoopState, SignalGuard, StopRequested, StopRun, load_state, loop_from_dict, loop_to_dict, rng_state, save_state, set_rng_state, state_dir  # noqa: F401  StopRun: old home
+from metadg.engine.run_folder import RunFolderLock, unique_dir  # noqa: F401  unique_dir: old home
 from metadg.engine.schedules import lr_factor
 from metadg.engine.scoring import scoring_options, utterance_logits
 from metadg.engine.selection import select
@@ -72,15 +74,6 @@ class RunResult:
     selection: str = "training_domain"
 
 
-def unique_dir(root: Path, name: str) -> Path:
-    """root/name, or root/name-1, root/name-2, ... if it is taken."""
-    path, i = root / name, 0
-    while path.exists():
-        i += 1
-        path = root / f"{name}-{i}"
-    return path
-
-
 class Trainer:
     """Owns optimizer, schedule, clipping, evaluation, checkpoints and tracking for one experiment."""
 
@@ -105,7 +98,9 @@ class Trainer:
         if not self.dist.is_main:
             tracker = Tracker(TrackingConfig(enabled=False))
         self.tracker = tracker if tracker is not None else Tracker(exp.tracking)
-        self.run_dir = distributed.from_main(Path(run_dir) if run_dir else unique_dir(Path(exp.output_dir), exp.name))
+        # A fresh folder is created by rank 0 only (mkdir decides who gets a name), then shared.
+        fresh = unique_dir(Path(exp.output_dir), exp.name) if run_dir is None and self.dist.is_main else None
+        self.run_dir = distributed.from_main(Path(run_dir) if run_dir else fresh)
         self.parent_run_id = parent_run_id
         self.tags = tags or {}
 
@@ -155,9 +150,12 @@ class Trainer:
 
         Under data parallelism only rank 0 selects and evaluates; other ranks return after training, without metrics.
         """
+        # One process at a time trains, resumes or evaluates into a run folder (rank 0 holds the lock).
+        with RunFolderLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         exp, main = self.exp, self.dist.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = self._saved_state()  # every rank restores rank 0's state: the run folder must be visible to all
         if main:
             dump_yaml(exp.to_dict(), self.run_dir / "config.yaml")
@@ -200,7 +198,7 @@ class Trainer:
         loop = self.loop
         result = RunResult(exp.name, str(self.run_dir), loop.best_step, loop.step, trainable, total, full, loop.best_dev,
                            results, run_id, self.selection.label)
-        (self.run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+        atomic_write_text(self.run_dir / "results.json", json.dumps(asdict(result), indent=2))
         return result
 
     def _saved_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:

@@ -18,7 +18,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from metadg.config import ConfigError
+from metadg.config import ConfigError, atomic_write_text
 from metadg.search.space import (
     CategoricalParam,
     FloatParam,
@@ -283,7 +283,7 @@ def finish(spec: SearchSpec, study: optuna.Study, tracker: Tracker, parent: str 
     trials = study.get_trials()
     table = trials_table(spec, trials)
     spec.study_dir.mkdir(parents=True, exist_ok=True)
-    (spec.study_dir / "trials.md").write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(spec.study_dir / "trials.md", table + "\n")
     best_yaml = write_best(spec, study)
     best = study.best_trial if best_yaml is not None else None
     counts = {f"trials/{s.name.lower()}": sum(t.state == s for t in trials) for s in TrialState}
