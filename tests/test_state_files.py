@@ -1,0 +1,47 @@
+"""State files are written atomically, damaged ones are named, and a killed checkpoint write leaves no litter."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from metadg.bench import read_result
+from metadg.config import atomic_write_text
+from metadg.engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+
+
+def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    atomic_write_text(path, '{"old": 1}')
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(path, '{"new": 2, "much": "' + "x" * 10_000 + '"}')
+    assert path.read_text() == '{"old": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    monkeypatch.undo()
+    atomic_write_text(path, '{"new": 2}')
+    assert path.read_text() == '{"new": 2}'
+
+
+@pytest.mark.parametrize("text", ['{"name": "x", "run_dir": "r", "best_st', "", "[1, 2]", '{"unexpected": 1}'])
+def test_a_damaged_results_file_names_the_folder_to_remove(tmp_path, text):
+    path = tmp_path / "cell-0123456789" / "results.json"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=rf"{path}: damaged .*remove {path.parent} to run that cell again"):
+        read_result(path)
+
+
+def test_a_checkpoint_write_killed_earlier_leaves_its_temporary_folder_only_until_the_next_save(tmp_path):
+    stale = tmp_path / ".best.tmp-killed"
+    stale.mkdir()
+    (stale / "trainable.safetensors").write_bytes(b"half a file")
+    save_checkpoint(tmp_path / "best", {"w": torch.ones(2)}, {"step": 3})
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    tensors, meta = read_checkpoint(tmp_path / "best")
+    assert torch.equal(tensors["w"], torch.ones(2)) and meta["step"] == 3
