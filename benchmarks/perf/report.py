@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tp_per_domain": 8, "tp_loader_steps": 6, "tp_model_steps": 2, "tp_rounds": 3, "sc_size": "small",
         "sc_utts": 96, "sc_batch": 32, "sc_rounds": 3, "scores": 1_000_000, "metric_rounds": 5,
         "scale_size": "xlsr_300m", "mem_jobs": 1,  # one XLS-R memory child at a time: full fine-tuning needs ~7 GB
-        "alg_sizes": ["tiny", "small", "xlsr_300m"], "alg_steps": 6, "alg_warmup": 1, "alg_budget": 1200,
+        "alg_sizes": ["tiny", "small", "xlsr_300m"], "alg_steps": 5, "alg_warmup": 1, "alg_budget": 1200,
     },
     "quick": {
         "mldg_sizes": ["tiny", "small"], "mldg_steps": 5, "mldg_warmup": 1, "mldg_budget": 60,
