@@ -43,6 +43,10 @@ def nested_name(value: object, where: str) -> str:
     """`value` if it is plain file names joined by '/' (a folder inside a folder, never outside it)."""
     if not isinstance(value, str):
         raise ConfigError(f"{where}: must be a string, got {type(value).__name__}")
+    if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":"):
+        raise ConfigError(f"{where}: {value!r} must be a relative folder name inside its parent folder, not absolute")
+    if ".." in value.split("/"):
+        raise ConfigError(f"{where}: {value!r} must be a relative folder name inside its parent folder, without '..'")
     for part in value.split("/"):
         problem = name_problem(part)
         if problem:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import types
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,10 +15,25 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and the dotted key."""
 
 
+def _wants_number(annotation: Any) -> bool:
+    """Is `annotation` int or float (optionally with None), so that a boolean is a mistake there?"""
+    args = set(get_args(annotation)) if get_origin(annotation) in (Union, types.UnionType) else {annotation}
+    return bool(args & {int, float}) and args <= {int, float, type(None)}
+
+
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, assignment is validated."""
+    """Base for every config section: unknown keys are errors, assignment is validated, numbers are not booleans."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: Any) -> Any:
+        # pydantic takes `steps: true` as 1; a boolean where a count or rate belongs is a typo.
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if isinstance(value, bool) and field is not None and _wants_number(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {value}")
+        return value
 
 
 def registered(registry: Registry[Any], value: Any) -> Any:
@@ -50,7 +66,8 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False, description="AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
     schedule: str = Field("constant", description="learning-rate schedule after warm-up, by name (`metadg list`)")
-    batch_per_domain: int = Field(8, ge=2, description="utterances per source domain per step")
+    batch_per_domain: int = Field(8, ge=2, le=4096, description="utterances per source domain per step (≤ 4096: "
+                                  "a typo must not allocate a batch no device holds)")
     class_weights: dict[str, float] | None = Field(
         None, description="cross-entropy weight per class name, e.g. {bonafide: 0.9, spoof: 0.1}"
     )
@@ -70,7 +87,7 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0, description="data-loader worker processes for training audio; 0 = load in-process")
     grad_accum: int = Field(1, ge=1, description="domain-batch draws whose gradients add up to one optimizer step")
     amp: bool = Field(False, description="bfloat16 autocast for training and scoring (mixed precision)")
-    eval_batch_size: int = Field(32, ge=1, description="utterances (or chunks) per batch when scoring")
+    eval_batch_size: int = Field(32, ge=1, le=4096, description="utterances (or chunks) per batch when scoring (≤ 4096)")
     eval_chunk_samples: int | None = Field(
         None, ge=400, description="score long utterances as overlapping chunks of this many samples, averaged; null = whole"
     )

@@ -73,6 +73,11 @@ class Corpus:
                 raise ConfigError(f"filters.{key}: {unknown_name_message('attribute', key, sorted(utts.attrs))}")
             values = utts.attr(key)
             allowed_set = set(map(str, allowed))
+            # A typo (`attack: [Codec]`) would silently select nothing of that value: refuse it now,
+            # before any training, listing the values the corpus has.
+            present = set(values) - {"-"}
+            for value in sorted(allowed_set - present):
+                raise ConfigError(f"filters.{key}: {unknown_name_message(f'{key} value', value, sorted(present))}")
             keep &= np.array([v in allowed_set or v == "-" for v in values], dtype=bool)
         utts.on_error = getattr(self.cfg, "on_error", "raise")
         return utts if keep.all() else utts.subset(np.flatnonzero(keep))

@@ -22,7 +22,8 @@ class CorpusTaskConfig(StrictModel):
     eval: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named corpus specs to evaluate on")
     domain_key: str = Field("domain", description="utterance attribute whose values are the DG domains")
     domains: list[str] | None = Field(None, description="source domains to train on; default: all in train")
-    crop_samples: int = Field(16000, ge=400, description="training crop length (repeat-padded when shorter)")
+    crop_samples: int = Field(16000, ge=400, le=16000 * 600, description="training crop length (repeat-padded when "
+                              "shorter); at most 10 min of 16 kHz audio, so a typo cannot allocate gigabytes per clip")
 
     @field_validator("train", "dev", mode="before")
     @classmethod

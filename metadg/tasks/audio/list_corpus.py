@@ -20,7 +20,9 @@ class ListConfig(FileCorpusConfig):
     path_column: str = Field("path", description="column with the audio path")
     label_column: str = Field("label", description="column with the label (class names of the task reading the list, e.g. bonafide/spoof)")
     id_column: str | None = Field(None, description="column with utterance ids; default: the path without extension")
-    delimiter: str | None = Field(None, description="field separator; default: tab for .tsv, else sniffed from , ; | tab")
+    delimiter: str | None = Field(None, min_length=1, max_length=1, pattern=r"^[^\w\s\"\r\n]$|^\t$",
+                                  description="field separator, one character (not a letter, digit, quote or "
+                                  "newline); default: tab for .tsv, else sniffed from , ; | tab")
 
 
 @CORPORA.register("list")

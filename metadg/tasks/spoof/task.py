@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from metadg.tasks.spoof.rawboost import RawBoost, RawBoostConfig
 from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
 from metadg.tasks.spoof.score_files import det_png, write_scores
 
+log = logging.getLogger(__name__)
+
 
 class AugmentConfig(StrictModel):
     """Training-time augmentation (never applied to dev or eval audio)."""
@@ -35,7 +38,8 @@ class SpoofDetectionConfig(CorpusTaskConfig):
     """Train on source domains (attacks) of one corpus, select on dev, evaluate on any number of sets."""
 
     domain_key: str = Field("attack", description="utterance attribute whose values are the DG domains")
-    crop_samples: int = Field(64600, ge=400, description="training crop length (repeat-padded when shorter)")
+    crop_samples: int = Field(64600, ge=400, le=16000 * 600, description="training crop length (repeat-padded when "
+                              "shorter); at most 10 min of 16 kHz audio, so a typo cannot allocate gigabytes per clip")
     share_bonafide: bool = Field(True, description="bona fide is one pool shared by all domain batches")
     bonafide_fraction: float = Field(0.5, gt=0, lt=1, description="share of each domain batch that is bona fide")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentation, e.g. {rawboost: 5}")
@@ -83,6 +87,13 @@ class SpoofDetection(CorpusTask):
         ok = np.isfinite(scores)
         labels = utts.labels[ok]
         bona, spoof = scores[ok][labels == 1], scores[ok][labels == 0]
+        if len(bona) == 0 or len(spoof) == 0:  # e.g. a spoof-only corpus: the scores are written, no EER exists
+            missing = "bona fide" if len(bona) == 0 else "spoof"
+            log.warning("%s: no %s utterances scored: EER, minDCF, actDCF and Cllr are n/a (NaN); the scores are "
+                        "still written", utts.name or "set", missing)
+            nan = float("nan")
+            out = {"eer": nan, "eer_threshold": nan, "min_dcf": nan, "skipped": float((~ok).sum())}
+            return out | ({"act_dcf": nan, "cllr": nan} if llr is not None else {})
         value, threshold = compute_eer(bona, spoof)
         out = {"eer": value, "eer_threshold": threshold, "min_dcf": min_dcf(bona, spoof)[0], "skipped": float((~ok).sum())}
         if llr is not None:
