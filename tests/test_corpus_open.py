@@ -88,7 +88,10 @@ def test_in_the_wild_root_may_be_the_release_folder_and_meta_one_level_up(itw):
 
 
 def test_in_the_wild_filters_keep_bona_fide(itw):
-    assert read("in_the_wild", root=str(itw), filters={"attack": ["none"]}).ids == ["1"]
+    kept = read("in_the_wild", root=str(itw), filters={"attack": ["spoof"]})
+    assert "1" in kept.ids and len(kept.ids) == 3  # bona fide has no attack: an attack filter keeps it
+    with pytest.raises(ConfigError, match=r"filters\.attack: unknown attack value 'none' \(valid: spoof\)"):
+        read("in_the_wild", root=str(itw), filters={"attack": ["none"]})  # a value the corpus lacks: a typo
     assert read("in_the_wild", root=str(itw), filters={"speaker": ["Biden, Joe"]}).ids == ["2"]
 
 
@@ -178,8 +181,10 @@ def test_fake_or_real_original_mixes_wav_and_mp3(fake_or_real):
 def test_fake_or_real_long_folder_names_and_filters(fake_or_real):
     utts = read("fake_or_real", root=str(fake_or_real), version="for-2sec", split="testing")
     assert utts.ids == ["for-2sec/testing/fake/f.wav", "for-2sec/testing/real/r.wav"]
-    kept = read("fake_or_real", root=str(fake_or_real), version="for-2sec", split="testing", filters={"attack": ["x"]})
-    assert kept.ids == ["for-2sec/testing/real/r.wav"]
+    kept = read("fake_or_real", root=str(fake_or_real), version="for-2sec", split="testing", filters={"attack": ["fake"]})
+    assert kept.ids == utts.ids  # the real clip has no attack and passes
+    with pytest.raises(ConfigError, match=r"unknown attack value 'x' \(valid: fake\)"):
+        read("fake_or_real", root=str(fake_or_real), version="for-2sec", split="testing", filters={"attack": ["x"]})
 
 
 def test_fake_or_real_missing_folders_name_the_layout(fake_or_real, tmp_path):
@@ -336,9 +341,11 @@ def test_mlaad_with_mailabs_bona_fide(mlaad):
 
 def test_mlaad_languages_and_filters(mlaad):
     root, mailabs = mlaad
-    utts = read("mlaad", root=str(root), mailabs_root=str(mailabs), languages=["en"], filters={"architecture": ["X"]})
-    assert utts.ids == ["mailabs/en_US/by_book/female/judy_bieber/dorothy/wavs/d1",
-                        "mailabs/en_US/by_book/mix/sherlock/wavs/m1"]
+    utts = read("mlaad", root=str(root), mailabs_root=str(mailabs), languages=["en"], filters={"architecture": ["VITS"]})
+    assert {"mailabs/en_US/by_book/female/judy_bieber/dorothy/wavs/d1",
+            "mailabs/en_US/by_book/mix/sherlock/wavs/m1"} <= set(utts.ids)  # bona fide passes architecture filters
+    with pytest.raises(ConfigError, match=r"unknown architecture value 'X' \(valid: VITS\)"):
+        read("mlaad", root=str(root), mailabs_root=str(mailabs), languages=["en"], filters={"architecture": ["X"]})
     spoofs = read("mlaad", root=str(root / "fake"), languages=["de", "en"], filters={"attack": ["thorsten"]})
     assert spoofs.ids == ["de/thorsten/c"] and spoofs.labels.tolist() == [0]
 

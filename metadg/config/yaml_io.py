@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from metadg.config.files import atomic_write_text
+from metadg.config.files import MAX_CONFIG_BYTES, atomic_write_text, read_text_capped
 from metadg.config.schema import ConfigError
 
 #: values a YAML document may hold once aliases are expanded; a paper grid holds a few thousand
@@ -17,12 +17,7 @@ MAX_YAML_NODES = 100_000
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse one YAML mapping with the safe loader; errors name the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    text = read_text_capped(path, "config file", MAX_CONFIG_BYTES, ConfigError)
     data = parse_yaml(text, str(path))
     if data is None:
         return {}

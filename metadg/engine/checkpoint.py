@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from metadg.config.files import MAX_METADATA_BYTES, read_text_capped
+
 WEIGHTS = "trainable.safetensors"
 META = "meta.json"
 FORMAT = "metadg-checkpoint/1"
@@ -93,11 +95,12 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint folder (expected {WEIGHTS} and {META} inside)")
     meta_path, weights_path = directory / META, directory / WEIGHTS
+    if not meta_path.exists() and not meta_path.is_symlink():
+        raise CheckpointError(f"{meta_path}: missing")
+    text = read_text_capped(meta_path, "checkpoint metadata", MAX_METADATA_BYTES, CheckpointError)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: missing") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{meta_path}: not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path}: not a metadg checkpoint (a JSON {type(meta).__name__}, not an object)")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metadg.config.files import MAX_JOURNAL_BYTES, read_text_capped
+
 JOURNAL_NAME = "tracking.jsonl"
 VERSION = 1
 
@@ -72,7 +74,7 @@ class JournalRun:
 def read_journal(path: Path) -> list[JournalRun]:
     """The runs of a journal file; a truncated last line (crash mid-write) is ignored, any other bad line is an error."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = read_text_capped(path, "tracking journal", MAX_JOURNAL_BYTES, JournalError).splitlines(keepends=True)
     runs: dict[str, JournalRun] = {}
     for number, line in enumerate(lines, 1):
         try:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from metadg.config.files import open_regular
 from metadg.engine.utterances import Utterances
 from metadg.tasks.audio.corpus import Corpus, CorpusConfig
 from metadg.tasks.audio.loading import SAMPLE_RATE, load_audio
@@ -115,7 +116,7 @@ class FileCorpus(Corpus):
 
     def lines(self, path: Path) -> Iterator[tuple[str, str]]:
         """('file:line', text) per non-blank line; binary, NUL-holding or overlong lines go through on_error."""
-        with path.open("rb") as fh:
+        with open_regular(path, "protocol file", CorpusError) as fh:
             number = 0
             # readline with a limit: a multi-gigabyte "line" (a binary file named as a protocol)
             # is skipped in bounded chunks instead of being read into memory whole.

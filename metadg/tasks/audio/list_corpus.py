@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from metadg.config.files import open_regular
 from metadg.tasks.audio.corpus import CORPORA
 from metadg.tasks.audio.file_corpus import MAX_LINE_BYTES, CorpusError, FileCorpus, FileCorpusConfig, Row
 
@@ -46,9 +47,9 @@ class ListCorpus(FileCorpus):
         """One Row per data line; a line with the wrong number of fields goes through on_error."""
         cfg: ListConfig = self.cfg
         path = Path(cfg.path).expanduser()
-        if not path.is_file():
+        if not path.exists():  # (a FIFO or folder is named as such by open_regular)
             raise CorpusError(f"list: {path} not found ({self.layout})")
-        with path.open("rb") as fh:  # the header alone, to guess the delimiter; `table` checks every line
+        with open_regular(path, "list file", CorpusError) as fh:  # the header alone, to guess the delimiter; `table` checks every line
             head = fh.readline(MAX_LINE_BYTES).decode("utf-8", errors="replace")
         delimiter = cfg.delimiter or ("\t" if path.suffix.lower() == ".tsv" else _sniff(head))
         columns = [c for c in (cfg.path_column, cfg.label_column, cfg.id_column) if c is not None]
