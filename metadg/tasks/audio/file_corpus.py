@@ -237,7 +237,12 @@ class FileCorpus(Corpus):
         if self.skips.total:
             log.warning(self.skips.summary())
         if not ids:
-            raise CorpusError(f"{self.name}: no usable utterances under {self.root}")
+            try:
+                files = ", ".join(str(f) for f in self.protocol_files()) or "no protocol files"
+            except NotImplementedError:  # a reader that scans folders
+                files = "its folders"
+            skipped = f" ({self.skips.summary()})" if self.skips.total else ""
+            raise CorpusError(f"{self.name}: no usable utterances under {self.root} (read from {files}){skipped}")
         attrs.setdefault("corpus", [self.name] * len(ids))
         utts = Utterances(ids, labels, attrs, FileLoader(paths), name=self.name)
         utts.skipped.update(self.skips.counts)  # index-time skips join the load-time ones

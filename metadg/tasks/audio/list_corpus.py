@@ -43,6 +43,10 @@ class ListCorpus(FileCorpus):
         fresh = type(self)(self.cfg)  # its own skip counters: the real read counts bad rows once
         return sorted({str(row.label) for row in fresh.rows()})
 
+    def protocol_files(self) -> list[Path]:
+        """The list file."""
+        return [Path(self.cfg.path).expanduser()]
+
     def rows(self) -> Iterator[Row]:
         """One Row per data line; a line with the wrong number of fields goes through on_error."""
         cfg: ListConfig = self.cfg
