@@ -28,7 +28,7 @@ from metadg.search.space import (
     yaml_scalar,
 )
 from metadg.search.storage import masked, open_storage
-from metadg.tracking import Tracker
+from metadg.tracking import Tracker, tracking_errors
 from metadg.engine.trainer import StopRun, Trainer
 
 log = logging.getLogger(__name__)
@@ -118,14 +118,12 @@ def parent_run(spec: SearchSpec, study: optuna.Study, tracker: Tracker) -> str |
     """The study's parent MLflow run: reopened on resume, created (and stored in the study) otherwise."""
     if not tracker.enabled:
         return None
-    from mlflow.exceptions import MlflowException
-
     run_id = study.user_attrs.get(PARENT_ATTR)
-    if run_id:
+    if run_id and tracker.online:
         try:
             tracker.client.update_run(run_id, status="RUNNING")
             return run_id
-        except MlflowException:
+        except tracking_errors():
             log.warning("parent MLflow run %s of study %s is not in %s; starting a new one", run_id, spec.study_name, spec.base.tracking.uri)
     space = {f"space.{k}": p.model_dump(exclude_defaults=True) for k, p in spec.params.items()}
     run_id = tracker.start(spec.study_name, tags={"metadg.kind": "search", STUDY_TAG: spec.study_name}, params={
@@ -137,10 +135,14 @@ def parent_run(spec: SearchSpec, study: optuna.Study, tracker: Tracker) -> str |
 
 def mark_child_run(tracker: Tracker, parent: str | None, number: int, state: str, params: dict[str, Any], end: str | None = None) -> None:
     """Tag a trial's MLflow run with its final state and sampled params; `end` also terminates it."""
-    if not tracker.enabled or parent is None:
+    if not tracker.online or parent is None:  # offline: the trial's own run records its state in its journal
         return
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.`{TRIAL_TAG}` = '{number}' and tags.`mlflow.parentRunId` = '{parent}'")
+    try:
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id], f"tags.`{TRIAL_TAG}` = '{number}' and tags.`mlflow.parentRunId` = '{parent}'")
+    except tracking_errors() as exc:  # the backend went away: the trial's result is in the study either way
+        log.warning("could not tag trial %d's MLflow run (%s)", number, exc)
+        return
     for run in runs:
         tracker.set_tags(run.info.run_id, {STATE_TAG: state})
         tracker.log_params(run.info.run_id, {f"sampled.{k}": v for k, v in params.items()})

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from metadg.config import TrackingConfig
-from metadg.tracking.journal import JOURNAL_NAME, Journal, read_journal
+from metadg.tracking.journal import JOURNAL_NAME, Journal, JournalError, read_journal
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,13 @@ def http_limits(cfg: TrackingConfig) -> Iterator[None]:
 
 
 def tracking_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean 'the tracking backend failed' (requests' errors are OSErrors)."""
-    from mlflow.exceptions import MlflowException
+    """Exceptions that mean 'the tracking backend failed': any Exception a backend call raises.
 
-    return (MlflowException, OSError)
+    Not only MlflowException and OSError: a corrupt sqlite store raises SQLAlchemy's errors, a
+    server answering wrong-shaped JSON a KeyError or TypeError deep in the client. Tracking must
+    never stop training; the journal keeps every record for `metadg upload`.
+    """
+    return (Exception,)
 
 
 def make_client(cfg: TrackingConfig) -> Any:
@@ -133,8 +136,8 @@ class Tracker:
         self._runs: dict[str, _Run] = {}
         if not cfg.enabled:
             return
-        self.client = make_client(cfg)
-        try:
+        try:  # building the client is inside the fallback too: an unusable store must not stop the run
+            self.client = make_client(cfg)
             with http_limits(cfg):
                 self.experiment_id = experiment_id(self.client, cfg.experiment, cfg.uri, cfg.artifact_location)
         except tracking_errors() as exc:
@@ -143,7 +146,7 @@ class Tracker:
     @property
     def enabled(self) -> bool:
         """True when runs are recorded (on the backend, or in the journal while it is unreachable)."""
-        return self.client is not None
+        return self.cfg.enabled
 
     @property
     def online(self) -> bool:
@@ -174,7 +177,7 @@ class Tracker:
 
     def _record(self, run_id: str | None, record: dict[str, Any], send: Callable[[str], Any]) -> None:
         """Send one operation to the backend and journal it with whether it arrived."""
-        if self.client is None or run_id is None:
+        if not self.enabled or run_id is None:
             return
         run = self._runs.get(run_id) or self._runs.setdefault(run_id, _Run(run_id, run_id, None))
         sent = run.server_id is not None and self._send(lambda: send(run.server_id))
@@ -192,7 +195,7 @@ class Tracker:
         run_dir: str | Path | None = None,
     ) -> str | None:
         """Create a run (nested under `parent_run_id` if given), journaled in run_dir; log its flattened params."""
-        if self.client is None:
+        if not self.enabled:
             return None
         uid = uuid.uuid4().hex
         parent = self._runs.get(parent_run_id) if parent_run_id else None
@@ -223,11 +226,15 @@ class Tracker:
 
     def reopen(self, run_id: str | None, run_dir: str | Path | None = None) -> str | None:
         """Mark a run this tracker or an earlier process started RUNNING again (a stopped run resumes into it)."""
-        if self.client is None or run_id is None:
+        if not self.enabled or run_id is None:
             return None
         if run_id not in self._runs:
             journal_path = Path(run_dir) / JOURNAL_NAME if run_dir else None
-            known = read_journal(journal_path) if journal_path is not None and journal_path.is_file() else []
+            try:
+                known = read_journal(journal_path) if journal_path is not None and journal_path.is_file() else []
+            except JournalError as exc:  # a damaged journal must not block resuming: go on without its past
+                log.warning("%s; resuming without it (its records stay in the file for `metadg upload`)", exc)
+                known = []
             match = next((r for r in known if run_id in (r.uid, r.start.get("run_id"))), None)
             if match is not None:
                 self._runs[run_id] = _Run(match.uid, match.start.get("run_id"), Journal(journal_path))
@@ -279,7 +286,7 @@ class Tracker:
 
     def log_artifact(self, run_id: str | None, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file or a folder into the run's artifacts (the journal keeps the path to it)."""
-        if self.client is None or run_id is None:
+        if not self.enabled or run_id is None:
             return
         path = Path(path).resolve()
         if not path.exists():  # our caller's mistake, not the backend's: must not turn tracking offline

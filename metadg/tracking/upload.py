@@ -79,11 +79,13 @@ class Uploader:
         uri = self.uri or start["uri"]
         same_backend = uri == start["uri"]
         cfg = self.cfg.model_copy(update={"uri": uri})
-        todo = _pending(run.records, uri, same_backend)
         self.report.runs += 1
         client = self._client(uri)
         with http_limits(cfg):
-            server_id = self._resolve(client, run, uri, same_backend)
+            server_id, created = self._resolve(client, run, uri, same_backend)
+            # A run the backend no longer has (its store was deleted or replaced) gets every record again,
+            # whatever was synced to the old one.
+            todo = _pending(run.records, uri, same_backend and not created, everything=created)
             if not todo:
                 self.report.up_to_date += 1
                 return
@@ -92,13 +94,14 @@ class Uploader:
                                   "time": int(time.time() * 1000)})
         log.info("%s (%s) → run %s on %s", start["name"], run.path, server_id, uri)
 
-    def _resolve(self, client: Any, run: JournalRun, uri: str, same_backend: bool) -> str:
-        """The run's id on the backend: the one it got online, one an earlier upload made, or a new one."""
+    def _resolve(self, client: Any, run: JournalRun, uri: str, same_backend: bool) -> tuple[str, bool]:
+        """The run's id on the backend (the one it got online, one an earlier upload made, or a new one); new?"""
         start = run.start
         if (uri, run.uid) in self.server_ids:
-            return self.server_ids[(uri, run.uid)]
+            return self.server_ids[(uri, run.uid)], False
         exp_id = experiment_id(client, start["experiment"], uri, start.get("artifact_location") if same_backend else None)
         found = client.search_runs([exp_id], filter_string=f"tags.`{UID_TAG}` = '{run.uid}'", max_results=1)
+        created = not found
         if found:
             server_id = found[0].info.run_id
         else:
@@ -109,7 +112,7 @@ class Uploader:
             server_id = client.create_run(exp_id, start_time=start["time"], run_name=start["name"], tags=tags).info.run_id
             self.report.created += 1
         self.server_ids[(uri, run.uid)] = server_id
-        return server_id
+        return server_id, created
 
     def _parent_id(self, client: Any, run: JournalRun, uri: str, same_backend: bool, exp_id: str) -> str | None:
         start = run.start
@@ -178,9 +181,13 @@ class Uploader:
         self.report.artifacts += 1
 
 
-def _pending(records: list[dict[str, Any]], uri: str, same_backend: bool) -> list[dict[str, Any]]:
-    """Records still to send to `uri`: after its last upload marker, and (on the original backend) not yet synced."""
-    last = max((i for i, r in enumerate(records) if r["op"] == "uploaded" and r.get("uri") == uri), default=0)
+def _pending(records: list[dict[str, Any]], uri: str, same_backend: bool, everything: bool = False) -> list[dict[str, Any]]:
+    """Records still to send to `uri`: after its last upload marker, and (on the original backend) not yet synced.
+
+    `everything`: every record but the start (for a run just created on the backend).
+    """
+    last = 0 if everything else max(
+        (i for i, r in enumerate(records) if r["op"] == "uploaded" and r.get("uri") == uri), default=0)
     return [r for r in records[last:] if r["op"] not in ("start", "uploaded") and not (same_backend and r.get("synced"))]
 
 
