@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +46,31 @@ def test_a_checkpoint_write_killed_earlier_leaves_its_temporary_folder_only_unti
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
     tensors, meta = read_checkpoint(tmp_path / "best")
     assert torch.equal(tensors["w"], torch.ones(2)) and meta["step"] == 3
+
+
+def test_a_flipped_byte_in_the_tensors_is_caught_by_the_checksum(tmp_path):
+    save_checkpoint(tmp_path / "best", {"w": torch.arange(64, dtype=torch.float32)}, {"step": 1})
+    weights = tmp_path / "best" / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # inside the tensor data: the header still parses, the value stays finite
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"damaged: its tensors do not match the checksum in meta\.json"):
+        read_checkpoint(tmp_path / "best")
+
+
+def test_a_training_state_with_a_part_missing_says_how_to_go_on(tiny_config):
+    import json
+
+    from metadg.config import build_experiment
+    from metadg.engine.resume import state_dir
+    from metadg.engine.trainer import Trainer
+
+    tiny_config["train"].update({"steps": 4, "checkpoint_every": 2, "eval_every": 2})
+    run_dir = Path(Trainer(build_experiment(tiny_config)).fit().run_dir)
+    (run_dir / "results.json").unlink()  # unfinished again: `metadg run` would resume it
+    meta_path = state_dir(run_dir) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["state"]["__dict__"] = [kv for kv in meta["state"]["__dict__"] if kv[0] != "optimizer"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"the saved training state is damaged[\s\S]*remove {state_dir(run_dir)}"):
+        Trainer(build_experiment(tiny_config), run_dir=run_dir).fit()

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], met
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    text = json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True)
+    text = json.dumps({"format": FORMAT, **meta, "tensors_crc32": tensors_checksum(cpu)}, indent=2, sort_keys=True)
     # Write a complete sibling folder, then swap it in: a crash or a full disk at
     # any point leaves either the previous checkpoint or the new one, never a mix
     # (read_checkpoint falls back to `<name>.old` if the crash hit between renames).
@@ -112,10 +113,23 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
         raise CheckpointError(f"{weights_path}: missing") from None
     except Exception as exc:  # safetensors raises its own error types on garbage
         raise CheckpointError(f"{weights_path}: not a safetensors file: {exc}") from None
+    if "tensors_crc32" in meta and tensors_checksum(tensors) != meta["tensors_crc32"]:
+        raise CheckpointError(f"{weights_path}: damaged: its tensors do not match the checksum in {META} (a partial "
+                              "copy or a disk error?); copy the folder again from where it came from, or retrain")
     broken = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if broken:  # a NaN weight would turn every score into NaN without an error
         raise CheckpointError(f"{weights_path}: non-finite values in {len(broken)} tensor(s), e.g. {broken[0]!r}")
     return tensors, meta
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> int:
+    """CRC-32 over every tensor's name, dtype, shape and bytes, in name order (damage detection, not security)."""
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{name}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"", crc)
+    return crc
 
 
 def pack_state(state: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:

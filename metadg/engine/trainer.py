@@ -217,12 +217,20 @@ class Trainer:
     def _restore(self, tensors: dict[str, torch.Tensor], parts: dict[str, Any], meta: dict[str, Any]) -> None:
         if meta.get("frozen_fingerprint") != self.fingerprint:
             raise CheckpointError(f"{state_dir(self.run_dir)}: the frozen backbone differs from the one this run trained")
-        self.adapter.load_state_dict(self.model, tensors)
-        self.optimizer.load_state_dict(parts["optimizer"])
-        self.scheduler.load_state_dict(parts["scheduler"])
-        self.algorithm.load_state_dict(parts["algorithm"])
-        self.batcher.load_state_dict(parts["batcher"])
-        self.loop = loop_from_dict(parts["loop"])
+        try:
+            self.adapter.load_state_dict(self.model, tensors)
+            self.optimizer.load_state_dict(parts["optimizer"])
+            self.scheduler.load_state_dict(parts["scheduler"])
+            self.algorithm.load_state_dict(parts["algorithm"])
+            self.batcher.load_state_dict(parts["batcher"])
+            self.loop = loop_from_dict(parts["loop"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # a part missing or mis-shaped
+            where = state_dir(self.run_dir)
+            raise CheckpointError(f"{where}: the saved training state is damaged or does not fit this run "
+                                  f"({type(exc).__name__}: {str(exc)[:200]}); restore the folder, or remove {where} "
+                                  "to restart the run from step 0") from None
         if parts.get("best_dev_scores") is not None:
             self.best_dev_scores = parts["best_dev_scores"]
         set_rng_state(parts["rng"])
