@@ -74,3 +74,30 @@ def test_a_training_state_with_a_part_missing_says_how_to_go_on(tiny_config):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=rf"the saved training state is damaged[\s\S]*remove {state_dir(run_dir)}"):
         Trainer(build_experiment(tiny_config), run_dir=run_dir).fit()
+
+
+def test_an_error_after_training_keeps_the_training_and_a_rerun_only_evaluates(tiny_config, monkeypatch):
+    from metadg.config import build_experiment
+    from metadg.engine.trainer import Trainer
+
+    tiny_config["train"].update({"steps": 4, "checkpoint_every": 3, "eval_every": 2})
+    clean = Trainer(build_experiment(tiny_config)).fit()
+    real = Trainer._evaluate
+
+    def disk_full(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "_evaluate", disk_full)
+    tiny_config["name"] = "interrupted"
+    first = Trainer(build_experiment(tiny_config))
+    with pytest.raises(OSError, match="No space left"):
+        first.fit()
+    assert (first.best_dir / "meta.json").is_file() and not (first.run_dir / "results.json").exists()
+
+    def no_training(self):
+        raise AssertionError("a finished training ran again")
+
+    monkeypatch.setattr(Trainer, "_evaluate", real)
+    monkeypatch.setattr(Trainer, "_train_step", no_training)
+    again = Trainer(build_experiment(tiny_config), run_dir=first.run_dir).fit()
+    assert again.eval == clean.eval and again.best_step == clean.best_step and again.steps_done == 4

@@ -392,6 +392,10 @@ class Trainer:
                 bar.close()
                 raise StopRequested(self.run_dir, step, signum)
         bar.close()
+        if main and tc.checkpoint_every is not None and loop.step > 0:
+            # Training is done: a failure while evaluating (an unreadable eval file, a full disk)
+            # must not cost the steps since the last saved state. Rerunning evaluates only.
+            self.save_state()
         self.tracker.log_metrics(
             run_id, {f"best_dev/{k}": v for k, v in loop.best_dev.items()} | {"best_step": loop.best_step}, loop.step
         )
