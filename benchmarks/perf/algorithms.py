@@ -140,15 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(step_time.SIZES))
-    p.add_argument("--per-domain", type=int, help="utterances per domain (default 4)")
-    p.add_argument("--steps", type=int, default=8, help="timed rounds (every algorithm once per round)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--budget", type=float, default=300, help="seconds for all timing loops; stops early, ≥ 3 rounds")
-    p.add_argument("--mem-steps", type=int, default=2, help="steps run in each memory child process")
-    p.add_argument("--mem-jobs", type=int, default=2, help="memory child processes at once")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", help="also write the table to this Markdown file")
+    step_time.timing_arguments(p, steps=8, warmup=1, budget=300, min_rounds=3)
     return p.parse_args(argv)
 
 

@@ -291,20 +291,26 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
-    p.add_argument("--adapters", nargs="+", default=["lora", "full"], choices=list(ADAPTER_CFGS))
+def timing_arguments(p: argparse.ArgumentParser, steps: int, warmup: int, budget: float, min_rounds: int) -> None:
+    """The options every round-robin step-time script shares: batch, rounds, budget, memory children, device."""
     p.add_argument("--per-domain", type=int, help="utterances per domain (default 4)")
-    p.add_argument("--steps", type=int, default=15, help="timed steps per method (round-robin)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
-    p.add_argument("--budget", type=float, default=120, help="seconds for all timing loops; stops early, ≥ 5 steps")
+    p.add_argument("--steps", type=int, default=steps, help="timed rounds (every method once per round)")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first")
+    p.add_argument("--budget", type=float, default=budget,
+                   help=f"seconds for all timing loops; stops early, ≥ {min_rounds} rounds")
     p.add_argument("--mem-steps", type=int, default=2, help="steps run in each memory child process")
     p.add_argument("--mem-jobs", type=int, default=2, help="memory child processes run at once (before timing starts)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="also write the table (and verdicts) to this Markdown file")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
+    p.add_argument("--adapters", nargs="+", default=["lora", "full"], choices=list(ADAPTER_CFGS))
+    timing_arguments(p, steps=15, warmup=2, budget=120, min_rounds=5)
     return p.parse_args(argv)
 
 
