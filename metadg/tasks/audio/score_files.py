@@ -104,7 +104,11 @@ def _score_batch(model: Any, task: Any, meta: dict[str, Any], exp: Any, files: l
     ids = list(waves)
     utts = Utterances(ids, np.zeros(len(ids), dtype=np.int64), {}, lambda j: waves[ids[j]], name="score",
                       on_error="skip")
-    logits = utterance_logits(model, utts, device=device, progress=False, **scoring_options(exp.train))
+    try:
+        logits = utterance_logits(model, utts, device=device, progress=False, **scoring_options(exp.train))
+    except FloatingPointError as exc:  # NaN for every file of this batch: each file's row says so
+        logits = np.full((len(ids), task.num_classes), np.nan)
+        utts.errors.update({key: str(exc) for key in ids if key not in utts.errors})
     errors.update(utts.errors)  # too short for the model, or a non-finite output
     scored = [j for j, key in enumerate(ids) if key not in utts.errors]
     _, table = task.score_table(logits[scored], meta) if scored else (header, [])
