@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from metadg.adapters.base import ALWAYS_TRAINED, Adapter
-from metadg.config import StrictModel
+from metadg.config import ConfigError, StrictModel
 from metadg.registry import ADAPTERS
 
 
@@ -43,7 +43,10 @@ class LoRA(Adapter):
         from peft import LoraConfig, get_peft_model
 
         cfg: LoRAConfig = self.cfg
-        hf = model.backbone.model
+        hf = getattr(model.backbone, "model", None)
+        if not isinstance(hf, nn.Module):  # e.g. aasist_raw: no transformer inside to adapt
+            raise ConfigError(f"adapter: lora adapts the attention layers of a transformer backbone; "
+                              f"{type(model.backbone).__name__} has none (use adapter: {{name: full}} or head_only)")
         names = {n.rsplit(".", 1)[-1] for n, m in hf.named_modules() if isinstance(m, nn.Linear)}
         missing = [t for t in cfg.targets if t not in names]
         if missing:

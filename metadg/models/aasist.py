@@ -207,14 +207,16 @@ class GraphPool(nn.Module):
 class HeteroBranch(nn.Module):
     """One of AASIST's two inference paths: HtrgGAT, graph pooling, a residual HtrgGAT, learned master."""
 
-    def __init__(self, cfg: AASISTConfig) -> None:
+    def __init__(self, dims: tuple[int, int], temperatures: tuple[float, float], ratios: tuple[float, float],
+                 gat_drop: float, pool_drop: float) -> None:
+        """`temperatures` of the two hetero layers; `ratios` of the spectral and the temporal pool."""
         super().__init__()
-        d0, d1 = cfg.gat_dims
+        d0, d1 = dims
         self.master = nn.Parameter(torch.randn(1, 1, d0))
-        self.htrg1 = HeteroGraphAttention(d0, d1, cfg.temperatures[2], cfg.gat_input_drop)
-        self.pool_s = GraphPool(cfg.pool_ratios[2], d1, cfg.pool_drop)
-        self.pool_t = GraphPool(cfg.pool_ratios[3], d1, cfg.pool_drop)
-        self.htrg2 = HeteroGraphAttention(d1, d1, cfg.temperatures[3], cfg.gat_input_drop)
+        self.htrg1 = HeteroGraphAttention(d0, d1, temperatures[0], gat_drop)
+        self.pool_s = GraphPool(ratios[0], d1, pool_drop)
+        self.pool_t = GraphPool(ratios[1], d1, pool_drop)
+        self.htrg2 = HeteroGraphAttention(d1, d1, temperatures[1], gat_drop)
 
     def forward(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Temporal (B, Nt, d0) and spectral (B, Ns, d0) nodes → pooled nodes and master, all d1."""
@@ -255,7 +257,9 @@ class AASISTHead(nn.Module):
         self.gat_t = GraphAttention(channels, d0, cfg.temperatures[1], cfg.gat_input_drop)
         self.pool_s = GraphPool(cfg.pool_ratios[0], d0, cfg.pool_drop)
         self.pool_t = GraphPool(cfg.pool_ratios[1], d0, cfg.pool_drop)
-        self.branches = nn.ModuleList([HeteroBranch(cfg), HeteroBranch(cfg)])
+        hetero = ((d0, d1), (cfg.temperatures[2], cfg.temperatures[3]), (cfg.pool_ratios[2], cfg.pool_ratios[3]),
+                  cfg.gat_input_drop, cfg.pool_drop)
+        self.branches = nn.ModuleList([HeteroBranch(*hetero), HeteroBranch(*hetero)])
         self.drop_way = nn.Dropout(cfg.drop_way)
         self.drop = nn.Dropout(cfg.drop_out)
         self.out = nn.Linear(5 * d1, num_classes)
@@ -308,8 +312,15 @@ class AASISTHead(nn.Module):
 
         s = self.pool_s(self.gat_s(e_s))
         t = self.pool_t(self.gat_t(e_t))
-        outs = [tuple(self.drop_way(z) for z in branch(t, s)) for branch in self.branches]
-        # Element-wise max combines the two inference paths.
-        t, s, master = (torch.maximum(a, b) for a, b in zip(*outs))
+        return graph_readout(self.branches, self.drop_way, t, s)
 
-        return torch.cat([t.abs().amax(1), t.mean(1), s.abs().amax(1), s.mean(1), master.squeeze(1)], dim=1)
+
+def graph_readout(branches: nn.ModuleList, drop_way: nn.Module, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Both hetero inference paths over temporal `t` and spectral `s` nodes → (B, 5 * d1) readout.
+
+    Each path's nodes and master get `drop_way`; an element-wise max combines the paths; the
+    readout is max |·| and mean over each node type, and the master node.
+    """
+    outs = [tuple(drop_way(z) for z in branch(t, s)) for branch in branches]
+    t, s, master = (torch.maximum(a, b) for a, b in zip(*outs))
+    return torch.cat([t.abs().amax(1), t.mean(1), s.abs().amax(1), s.mean(1), master.squeeze(1)], dim=1)

@@ -1,0 +1,94 @@
+"""AASIST on raw waveforms: the published parameter counts, the sinc front-end, shapes, padding, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metadg.config import ConfigError, build_experiment, validate_plugin
+from metadg.models import build_model
+from metadg.models.aasist_raw import SincFilters
+from metadg.registry import HEADS, MODELS
+
+
+def _model(preset: str, **extra):
+    backbone = validate_plugin(MODELS, {"name": "aasist_raw", "preset": preset, **extra}, "model.backbone")
+    return build_model(backbone, validate_plugin(HEADS, {"name": "linear", "dropout": 0.5}, "model.head"))
+
+
+@pytest.mark.parametrize("preset, params", [("AASIST", 297_866), ("AASIST-L", 85_306)])
+def test_the_published_presets_have_the_published_parameter_counts(preset, params):
+    model = _model(preset)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert len(model.state_dict()) == 229  # the published checkpoints hold 229 tensors (BN statistics included)
+    assert not any("sinc" in k for k in model.state_dict())  # the fixed filter bank is not a weight
+
+
+def test_the_sinc_bank_telescopes_to_a_unit_impulse():
+    # Adjacent bands share their edges, so the ideal responses sum to low-pass(8 kHz) − low-pass(0):
+    # sinc(t) at integer t, a unit impulse; the window is 1 at the centre tap.
+    bank = SincFilters(70, 128, 16000)
+    taps = bank.filters.squeeze(1).double()
+    assert bank.kernel == 129 and taps.shape == (70, 129)
+    total = taps.sum(0)
+    impulse = torch.zeros(129, dtype=torch.float64)
+    impulse[64] = 1.0
+    torch.testing.assert_close(total, impulse, atol=1e-5, rtol=0)
+    assert torch.equal(taps, taps.flip(-1))  # symmetric (linear phase)
+    # Each band passes its own centre frequency better than the others' centres, away from the edges.
+    edges = 700 * (10 ** (np.linspace(0, 2595 * np.log10(1 + 8000 / 700), 71) / 2595) - 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    t = np.arange(-64, 65)
+    response = np.abs(taps.numpy() @ np.exp(-2j * np.pi * np.outer(t, centres) / 16000))  # (band, centre)
+    assert (response.argmax(1) == np.arange(70)).mean() > 0.9
+
+
+def test_short_inputs_are_zero_padded_to_the_receptive_field_and_shapes_hold():
+    model = _model("AASIST-L").eval()
+    assert model.backbone.min_samples == 128 + 3 ** 7
+    wave = torch.randn(2, 1000)
+    padded = torch.nn.functional.pad(wave, (0, model.backbone.min_samples - 1000))
+    with torch.no_grad():
+        torch.testing.assert_close(model(wave), model(padded))
+        logits, embedding = model(torch.randn(3, 64600), with_embedding=True)
+    assert logits.shape == (3, 2) and embedding.shape == (3, 160)
+
+
+def test_a_bad_filter_layout_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"model\.backbone[\s\S]*filts"):
+        validate_plugin(MODELS, {"name": "aasist_raw", "filts": [70, [2, 32], [32, 32], [32, 24], [24, 24]]},
+                        "model.backbone")
+
+
+@pytest.mark.parametrize("adapter", [{"name": "full"}, {"name": "head_only"}])
+def test_aasist_l_trains_from_scratch_with_the_engine(tiny_config, adapter):
+    from metadg.engine.trainer import Trainer
+
+    tiny_config.update({"model": {"backbone": {"name": "aasist_raw", "preset": "AASIST-L"},
+                                  "head": {"name": "linear", "dropout": 0.5}}, "adapter": adapter})
+    tiny_config["train"].update({"steps": 2, "eval_every": 2, "batch_per_domain": 2})
+    result = Trainer(build_experiment(tiny_config)).fit()
+    assert 0.0 <= result.eval["all"]["eer"] <= 1.0
+    assert result.trainable_params == (85_306 if adapter["name"] == "full" else 322)
+
+
+def test_the_recipe_validates_without_data_and_trains_the_published_count():
+    from pathlib import Path
+
+    from metadg.bench import expand
+    from metadg.engine.accounting import count
+
+    _, cells = expand(Path(__file__).resolve().parents[1] / "benchmarks" / "aasist.yaml")
+    assert [c.experiment.algorithm.name for c in cells] == ["erm"] * 3 + ["mldg"] * 3
+    report = count(cells[0].experiment)
+    assert report.trainable == 85_306 and report.trainable == report.total
+
+
+def test_lora_on_a_backbone_without_a_transformer_is_a_clear_config_error(tiny_config):
+    from metadg.engine.build import build_model_and_adapter
+
+    tiny_config.update({"model": {"backbone": {"name": "aasist_raw", "preset": "AASIST-L"}, "head": {"name": "linear"}},
+                        "adapter": {"name": "lora"}})
+    with pytest.raises(ConfigError, match="AASISTRaw has none .use adapter: .name: full. or head_only"):
+        build_model_and_adapter(build_experiment(tiny_config))
