@@ -1,4 +1,4 @@
-"""The `metadg` command: run, bench, search, eval, score, soup, params, list, upload."""
+"""The `metadg` command: run, bench, search, eval, score, soup, import, params, list, upload."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--greedy", action="store_true",
                       help="greedy soup: add runs in order of dev score while the soup's dev metric improves (default: uniform mean)")
     soup.add_argument("--device", default="cpu")
+    imp = sub.add_parser("import", help="turn a published checkpoint of another code base into a metadg run folder")
+    imp.add_argument("kind", choices=["aasist"], help="aasist: clovaai/aasist AASIST.pth / AASIST-L.pth")
+    imp.add_argument("checkpoint", help="the published file (a plain state dict, loaded with weights_only=True)")
+    imp.add_argument("out", help="run folder to create (must not exist or be empty)")
+    imp.add_argument("--preset", default="AASIST", choices=["AASIST", "AASIST-L"], help="the model the file holds")
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
     params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
     params.add_argument("config")
@@ -157,6 +162,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     scored, failed = score_files(_checkpoint_dir(args.checkpoint), args.paths, args.out, device=args.device)
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
     return 0 if scored or not failed else 1
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a published checkpoint and say how to use the run folder."""
+    from metadg.importers.aasist import import_aasist
+
+    out = import_aasist(args.checkpoint, args.out, args.preset)
+    print(f"imported {args.checkpoint} as {args.preset}: {out}\n"
+          f"  evaluate: metadg eval {out} --sets SETS.yaml   score: metadg score {out} FILES...")
+    return 0
 
 
 def cmd_soup(args: argparse.Namespace) -> int:
@@ -334,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_upload(args)
         if args.command == "soup":
             return cmd_soup(args)
+        if args.command == "import":
+            return cmd_import(args)
         if args.command == "search":
             return cmd_search(args)
         return cmd_bench(args)
