@@ -64,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="greedy soup: add runs in order of dev score while the soup's dev metric improves (default: uniform mean)")
     soup.add_argument("--device", default="cpu")
     imp = sub.add_parser("import", help="turn a published checkpoint of another code base into a metadg run folder")
-    imp.add_argument("kind", choices=["aasist"], help="aasist: clovaai/aasist AASIST.pth / AASIST-L.pth")
+    imp.add_argument("kind", choices=["aasist", "rawnet2"],
+                     help="aasist: clovaai/aasist AASIST.pth / AASIST-L.pth; rawnet2: its RawNet2Spoof (baseline conf)")
     imp.add_argument("checkpoint", help="the published file (a plain state dict, loaded with weights_only=True)")
     imp.add_argument("out", help="run folder to create (must not exist or be empty)")
-    imp.add_argument("--preset", default="AASIST", choices=["AASIST", "AASIST-L"], help="the model the file holds")
+    imp.add_argument("--preset", default="AASIST", choices=["AASIST", "AASIST-L"], help="aasist: the model the file holds")
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
     params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
     params.add_argument("config")
@@ -167,9 +168,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Import a published checkpoint and say how to use the run folder."""
     from metadg.importers.aasist import import_aasist
+    from metadg.importers.rawnet2 import import_rawnet2
 
-    out = import_aasist(args.checkpoint, args.out, args.preset)
-    print(f"imported {args.checkpoint} as {args.preset}: {out}\n"
+    if args.kind == "aasist":
+        out, what = import_aasist(args.checkpoint, args.out, args.preset), args.preset
+    else:
+        out, what = import_rawnet2(args.checkpoint, args.out), "RawNet2"
+    print(f"imported {args.checkpoint} as {what}: {out}\n"
           f"  evaluate: metadg eval {out} --sets SETS.yaml   score: metadg score {out} FILES...")
     return 0
 

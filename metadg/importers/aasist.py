@@ -7,16 +7,9 @@ left over or missing is an error naming it, so a checkpoint of another model can
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from metadg.config import ConfigError, atomic_write_text, build_experiment, dump_yaml
-from metadg.engine.checkpoint import CheckpointError, frozen_fingerprint, save_checkpoint
+from metadg.importers.run_folder import import_run, renamer, spoof_config
 
 #: published module → metadg module, applied to the key prefix (the rest of the key is unchanged)
 RENAMES: list[tuple[str, str]] = [
@@ -45,72 +38,11 @@ SUFFIXES = {"att_projM": "att_proj_master", "att_weightM": "att_weight_master",
             "proj_with_attM": "proj_with_att_master", "proj_without_attM": "proj_without_att_master"}
 
 
-def metadg_key(key: str) -> str | None:
-    """The metadg name of a published key; None when the key is not AASIST's."""
-    for pattern, replacement in RENAMES:
-        if re.match(pattern, key):
-            return ".".join(SUFFIXES.get(part, part) for part in re.sub(pattern, replacement, key).split("."))
-    return None
-
-
-def experiment_config(preset: str, name: str) -> dict[str, Any]:
-    """The run's config: the published model on the spoof task (sets are given at `eval` time)."""
-    synthetic = {"name": "synthetic"}
-    return {
-        "name": name, "seed": 0,
-        "task": {"name": "spoof_detection", "train": {**synthetic, "split": "train"},
-                 "dev": {**synthetic, "split": "dev"}, "crop_samples": 64600},
-        "model": {"backbone": {"name": "aasist_raw", "preset": preset}, "head": {"name": "linear", "dropout": 0.5}},
-        "adapter": {"name": "full"}, "algorithm": {"name": "erm"}, "tracking": {"enabled": False},
-    }
+metadg_key = renamer(RENAMES, SUFFIXES)
 
 
 def import_aasist(checkpoint: str | Path, out_dir: str | Path, preset: str = "AASIST") -> Path:
     """Write a run folder (config.yaml, checkpoints/best, results.json) holding the published weights."""
-    from metadg.engine.build import build_model_and_adapter
-    from metadg.engine.trainer import RunResult
-
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"{out_dir}: already exists and is not empty; choose another folder")
-    try:
-        published = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint}: not found") from None
-    except Exception as exc:  # a pickle with code in it, or not a torch file at all
-        raise CheckpointError(f"{checkpoint}: not a plain state dict (weights_only load failed: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
-    if isinstance(published, dict) and isinstance(published.get("state_dict"), dict):
-        published = published["state_dict"]
-    if not isinstance(published, dict) or not all(isinstance(v, torch.Tensor) for v in published.values()):
-        raise CheckpointError(f"{checkpoint}: expected a state dict of tensors")
-    published = {k.removeprefix("module."): v for k, v in published.items()}  # saved from DataParallel
-    unknown = sorted(k for k in published if metadg_key(k) is None)
-    if unknown:
-        raise CheckpointError(f"{checkpoint}: {len(unknown)} key(s) are not AASIST's, e.g. {unknown[0]!r}")
-
-    config = experiment_config(preset, out_dir.name)
-    exp = build_experiment(config, source=f"metadg import aasist {checkpoint}")
-    model, adapter = build_model_and_adapter(exp)
-    target = adapter.state_dict(model)
-    mapped = {metadg_key(k): v for k, v in published.items()}
-    missing, extra = sorted(set(target) - set(mapped)), sorted(set(mapped) - set(target))
-    if missing or extra:
-        raise CheckpointError(f"{checkpoint}: does not fit {preset}: missing {missing[:3]}, unexpected {extra[:3]} "
-                              f"({len(missing)} missing, {len(extra)} unexpected; try --preset AASIST-L or AASIST)")
-    wrong = [k for k in target if tuple(target[k].shape) != tuple(mapped[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{checkpoint}: {k}: shape {tuple(mapped[k].shape)}, {preset} has "
-                              f"{tuple(target[k].shape)} (try the other --preset)")
-    adapter.load_state_dict(model, mapped)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(exp.to_dict(), out_dir / "config.yaml")
-    meta = {"config": exp.to_dict(), "step": 0, "dev": {}, "num_classes": 2,
-            "frozen_fingerprint": frozen_fingerprint(model), "imported_from": str(checkpoint)}
-    save_checkpoint(out_dir / "checkpoints" / "best", adapter.state_dict(model), meta)
-    n = sum(p.numel() for p in model.parameters())
-    result = RunResult(out_dir.name, str(out_dir), 0, 0, n, n, n, {}, {}, None, "imported")
-    atomic_write_text(out_dir / "results.json", json.dumps(asdict(result), indent=2))
-    return out_dir
+    model = {"backbone": {"name": "aasist_raw", "preset": preset}, "head": {"name": "linear", "dropout": 0.5}}
+    return import_run(checkpoint, out_dir, "AASIST", metadg_key, spoof_config(model),
+                      "try --preset AASIST-L or AASIST")
