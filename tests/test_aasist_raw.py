@@ -92,3 +92,42 @@ def test_lora_on_a_backbone_without_a_transformer_is_a_clear_config_error(tiny_c
                         "adapter": {"name": "lora"}})
     with pytest.raises(ConfigError, match="AASISTRaw has none .use adapter: .name: full. or head_only"):
         build_model_and_adapter(build_experiment(tiny_config))
+
+
+def _la2019(root, rng):
+    """A tiny ASVspoof 2019 LA layout: bona fide tones and A01/A02 spoofs (train, dev), A07 spoofs (eval)."""
+    import soundfile as sf
+
+    for split, attacks, tag in (("train", ["A01", "A02"], "trn"), ("dev", ["A01", "A02"], "trl"),
+                                ("eval", ["A07"], "trl")):
+        folder = root / "LA" / f"ASVspoof2019_LA_{split}" / "flac"
+        folder.mkdir(parents=True)
+        lines = []
+        for i in range(12):
+            attack = "-" if i < 4 else attacks[i % len(attacks)]
+            t = np.arange(8000) / 16000
+            wave = (0.3 * np.sin(2 * np.pi * (180 + 20 * i) * t) if attack == "-"
+                    else 0.3 * rng.standard_normal(8000)).astype(np.float32)
+            name = f"LA_{split[0].upper()}_{i:04d}"
+            sf.write(folder / f"{name}.flac", wave, 16000, format="FLAC")
+            lines.append(f"LA_0079 {name} - {attack} {'bonafide' if attack == '-' else 'spoof'}")
+        protocols = root / "LA" / "ASVspoof2019_LA_cm_protocols"
+        protocols.mkdir(parents=True, exist_ok=True)
+        (protocols / f"ASVspoof2019.LA.cm.{split}.{tag}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_the_recipe_trains_on_a_fixture_corpus_in_the_2019_la_layout(tmp_path):
+    from pathlib import Path
+
+    from metadg.bench import run_benchmark
+
+    _la2019(tmp_path / "ASVspoof2019", np.random.default_rng(0))
+    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "aasist.yaml"
+    eval_set = {"asvspoof2019_la": {"name": "asvspoof2019_la", "root": str(tmp_path / "ASVspoof2019"), "split": "eval"}}
+    overrides = [f"vars.data={tmp_path}", f"task.eval={eval_set}", "grid.seed=[0]", "train.steps=2",
+                 "train.eval_every=2", "train.batch_per_domain=2", "task.crop_samples=8000", "tracking.enabled=false",
+                 "train.progress=false"]
+    _, done = run_benchmark(recipe, overrides, output_dir=str(tmp_path / "runs"))
+    assert [c.experiment.algorithm.name for c, _ in done] == ["erm", "mldg"]
+    for _, result in done:
+        assert 0.0 <= result.eval["asvspoof2019_la"]["eer"] <= 1.0 and result.trainable_params == 85_306
