@@ -244,10 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     trainer = Trainer(exp, run_dir=run_dir)  # joins torchrun's process group, if started by torchrun
     if trainer.dist.is_main and exp.tracking.enabled:
         print(f"tracking: {exp.tracking.uri} (experiment {exp.tracking.experiment!r})")
-    try:
-        result = trainer.fit()
-    finally:
-        distributed.leave()
+    result = trainer.fit()  # a failure propagates: torchrun ends the other ranks and the group with them
+    distributed.finish()
     if not trainer.dist.is_main:  # rank 0 reports
         return 0
     heads = exp.task.cls.headline

@@ -77,6 +77,18 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
+def finish() -> None:
+    """After a run that succeeded on every rank: meet (rank 0 has evaluated meanwhile), then destroy the group.
+
+    destroy_process_group is collective: a rank that destroys and exits while another still works
+    can abort the process ("terminate called without an active exception" under gloo). After a
+    failure it is skipped (it could deadlock); torchrun tears the group down with the processes.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class _AllMean(torch.autograd.Function):
     # Mean over ranks that stays differentiable: second-order MLDG backpropagates
     # through the averaged inner gradient, and the mean's adjoint is again a mean.
