@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -24,24 +23,9 @@ def synthetic_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_config(synthetic_cache, tmp_path):
     """A complete, fast experiment mapping (tracking off; tests turn it on where needed)."""
-    corpus = {"name": "synthetic", "cache_dir": synthetic_cache, "duration_s": 0.5}
-    return copy.deepcopy({
-        "name": "tiny",
-        "seed": 0,
-        "output_dir": str(tmp_path / "runs"),
-        "task": {
-            "name": "spoof_detection",
-            "train": {**corpus, "split": "train", "n_bonafide": 40, "n_per_attack": 20},
-            "dev": {**corpus, "split": "dev", "n_bonafide": 20, "n_per_attack": 10},
-            "eval": {"all": {**corpus, "split": "eval", "n_bonafide": 20, "n_per_attack": 10}},
-            "crop_samples": 8000,
-        },
-        "model": {"backbone": {"name": "ssl", "preset": "tiny"}, "head": {"name": "linear"}},
-        "adapter": {"name": "lora", "r": 4},
-        "algorithm": {"name": "erm"},
-        "train": {"steps": 6, "eval_every": 3, "batch_per_domain": 4, "lr": 0.005, "progress": False},
-        "tracking": {"enabled": False},
-    })
+    from tiny_experiment import tiny_experiment
+
+    return tiny_experiment(synthetic_cache, tmp_path / "runs")
 
 
 @pytest.fixture

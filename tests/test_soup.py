@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from dataclasses import fields
@@ -20,6 +19,7 @@ from metadg.engine.evaluate import evaluate_checkpoint
 from metadg.engine.scoring import scoring_options, utterance_logits
 from metadg.engine.soup import make_soup
 from metadg.engine.trainer import RunResult, Trainer
+from tiny_experiment import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 # A pre-trained encoder: runs with different seeds then share one frozen base (a random
@@ -28,23 +28,11 @@ ASSET = str(ROOT / "benchmarks" / "assets" / "tiny-ssl")
 
 
 def soup_config(cache: str, output_dir: Path, seed: int) -> dict:
-    """tests/conftest.py's tiny experiment on the pre-trained tiny encoder, 4 steps, smaller dev and eval sets."""
-    corpus = {"name": "synthetic", "cache_dir": cache, "duration_s": 0.5}
-    return copy.deepcopy({
-        "name": f"seed{seed}", "seed": seed, "output_dir": str(output_dir),
-        "task": {
-            "name": "spoof_detection",
-            "train": {**corpus, "split": "train", "n_bonafide": 40, "n_per_attack": 20},
-            "dev": {**corpus, "split": "dev", "n_bonafide": 10, "n_per_attack": 5},
-            "eval": {"all": {**corpus, "split": "eval", "n_bonafide": 10, "n_per_attack": 5}},
-            "crop_samples": 8000,
-        },
-        "model": {"backbone": {"name": "ssl", "pretrained": ASSET}, "head": {"name": "linear"}},
-        "adapter": {"name": "lora", "r": 4},
-        "algorithm": {"name": "erm"},
-        "train": {"steps": 4, "eval_every": 4, "batch_per_domain": 4, "lr": 0.01, "progress": False},
-        "tracking": {"enabled": False},
-    })
+    """tests/tiny_experiment.py's experiment on the pre-trained tiny encoder, 4 steps, smaller dev and eval sets."""
+    cfg = tiny_experiment(cache, output_dir, name=f"seed{seed}", seed=seed, dev_size=(10, 5))
+    cfg["model"]["backbone"] = {"name": "ssl", "pretrained": ASSET}
+    cfg["train"].update({"steps": 4, "eval_every": 4, "lr": 0.01})
+    return cfg
 
 
 @pytest.fixture(scope="module")
