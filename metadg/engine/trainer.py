@@ -365,6 +365,7 @@ class Trainer:
     def _loop(self, run_id: str | None, guard: SignalGuard) -> None:
         tc, metric, loop = self.exp.train, self.task.selection_metric, self.loop
         main = self.dist.is_main
+        first = loop.step  # a resumed run whose training had finished runs no step here
         bar = tqdm(total=tc.steps, initial=loop.step, desc=self.exp.name, disable=None if tc.progress and main else True,
                    unit="step", dynamic_ncols=True)
         while loop.step < tc.steps and not loop.stopped_early:
@@ -392,7 +393,7 @@ class Trainer:
                 bar.close()
                 raise StopRequested(self.run_dir, step, signum)
         bar.close()
-        if main and tc.checkpoint_every is not None and loop.step > 0:
+        if main and tc.checkpoint_every is not None and loop.step > first:
             # Training is done: a failure while evaluating (an unreadable eval file, a full disk)
             # must not cost the steps since the last saved state. Rerunning evaluates only.
             self.save_state()
