@@ -302,8 +302,7 @@ def _soup_rows(spec: SoupSpec, done: list[tuple[Cell, RunResult]], root: Path, t
         if not (out / "results.json").is_file():
             if out.exists():  # a soup interrupted before its results: cheap and deterministic, so redo it
                 shutil.rmtree(out)
-            dirs = [root / f"{_slug(c.label)}-{c.cell_id}" for c in cells]
-            dirs = [d if d.is_dir() else _finished(root, c).parent for d, c in zip(dirs, cells)]
+            dirs = [_finished(root, c).parent for c in cells]  # every cell finished: its folder, under any label
             device = str(resolve_device(cells[0].experiment.train.device))
             make_soup(dirs, out, greedy=spec.greedy, device=device,
                       tracker=tracker, parent_run_id=parent)
