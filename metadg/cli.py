@@ -120,18 +120,13 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_dir(path: str) -> Path:
-    # Accept the run folder as well as its checkpoints/best.
-    p = Path(path)
-    return p / "checkpoints" / "best" if (p / "checkpoints" / "best").is_dir() else p
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint and print the task's headline metrics per set."""
     from metadg.config import read_yaml
+    from metadg.engine.checkpoint import checkpoint_of
     from metadg.engine.evaluate import evaluate_checkpoint
 
-    ckpt = _checkpoint_dir(args.checkpoint)
+    ckpt = checkpoint_of(args.checkpoint)
     specs = None
     if args.sets:
         specs = read_yaml(args.sets).get("eval")
@@ -158,9 +153,10 @@ def _headline(checkpoint: Path) -> tuple:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score files and write a CSV."""
+    from metadg.engine.checkpoint import checkpoint_of
     from metadg.tasks.audio.score_files import score_files
 
-    scored, failed = score_files(_checkpoint_dir(args.checkpoint), args.paths, args.out, device=args.device)
+    scored, failed = score_files(checkpoint_of(args.checkpoint), args.paths, args.out, device=args.device)
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
     return 0 if scored or not failed else 1
 
@@ -175,7 +171,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         out, what = import_rawnet2(args.checkpoint, args.out), "RawNet2"
     print(f"imported {args.checkpoint} as {what}: {out}\n"
-          f"  evaluate: metadg eval {out} --sets SETS.yaml   score: metadg score {out} FILES...")
+          f"  evaluate: metadg eval {out} --sets SETS.yaml   score: metadg score {out} FILES...\n"
+          f"  fine-tune: set `model: {{init_from: {out}, ...}}` (same backbone and head) in a run config")
     return 0
 
 

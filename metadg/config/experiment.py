@@ -35,6 +35,7 @@ class Experiment:
     tracking: TrackingConfig
     source: str = "<dict>"
     loss: Plugin | None = None  # None: cross_entropy (experiments built before losses were plugins)
+    init_from: str | None = None  # a trained run (or checkpoint folder) whose weights the model starts from
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (defaults filled in); reloading it gives the same Experiment."""
@@ -43,7 +44,9 @@ class Experiment:
             "seed": self.seed,
             "output_dir": self.output_dir,
             "task": self.task.as_dict(),
-            "model": {"backbone": self.backbone.as_dict(), "head": self.head.as_dict()},
+            # init_from only when set: configs without it keep the ids their finished runs are found by.
+            "model": {"backbone": self.backbone.as_dict(), "head": self.head.as_dict(),
+                      **({"init_from": self.init_from} if self.init_from is not None else {})},
             "adapter": self.adapter.as_dict(),
             "algorithm": self.algorithm.as_dict(),
             **({"loss": self.loss.as_dict()} if self.loss is not None else {}),
@@ -91,7 +94,7 @@ TOP_KEYS: Mapping[str, str] = _SectionHelp({
     "seed": "seed for Python, NumPy, torch and the domain splits",
     "output_dir": "folder that receives one sub-folder per run",
     "task": "the DG problem: {name: ..., ...}",
-    "model": "{backbone: {name: ...}, head: {name: ...}}",
+    "model": "{backbone: {name: ...}, head: {name: ...}, init_from: <trained run folder> (optional)}",
     "adapter": lambda: f"which parameters train: {{name: {_names('ADAPTERS')}, ...}}",
     "algorithm": lambda: f"how gradients are formed: {{name: {_names('ALGORITHMS')}, ...}}",
     "loss": lambda: f"the training objective: {{name: {_names('LOSSES')}, ...}} (default cross_entropy)",
@@ -134,9 +137,12 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
     model = data["model"]
     if not isinstance(model, dict):
         raise ConfigError("model: expected {backbone: {...}, head: {...}}")
-    extra = [k for k in model if k not in ("backbone", "head")]
+    extra = [k for k in model if k not in ("backbone", "head", "init_from")]
     if extra:
-        raise ConfigError(f"model.{extra[0]}: unknown key (valid: backbone, head)")
+        raise ConfigError(f"model.{extra[0]}: unknown key (valid: backbone, head, init_from)")
+    init_from = model.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
+        raise ConfigError(f"model.init_from: expected the path of a trained run folder, got {init_from!r}")
     data = _moved_keys(data)
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
@@ -161,6 +167,7 @@ def _build(data: dict[str, Any], default_name: str, source: str) -> Experiment:
         tracking=_validate_section(TrackingConfig, data.get("tracking"), "tracking"),
         source=source,
         loss=validate_plugin(registries.LOSSES, data.get("loss", {"name": "cross_entropy"}), "loss"),
+        init_from=init_from,
     )
 
 

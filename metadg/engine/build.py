@@ -13,7 +13,7 @@ from torch import nn
 from metadg.adapters.base import Adapter
 from metadg.config import ConfigError, Experiment, build_experiment, validate_plugin
 from metadg.registry import LOSSES
-from metadg.engine.checkpoint import CheckpointError, frozen_fingerprint, read_checkpoint
+from metadg.engine.checkpoint import META, CheckpointError, checkpoint_of, frozen_fingerprint, read_checkpoint
 from metadg.models.classifier import Classifier, build_model
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ def build_model_and_adapter(exp: Experiment, num_classes: int = 2) -> tuple[Clas
     """The model with its adapter applied (and a margin loss's output layer); the base weights depend only on exp.seed."""
     torch.manual_seed(exp.seed)
     model = build_model(exp.backbone, exp.head, num_classes)
+    if exp.init_from is not None and next(model.parameters()).device.type != "meta":  # meta: shapes only
+        start_from(model, exp.init_from)
     adapter = exp.adapter.build()
     adapter.apply(model)
     output = _loss(exp, num_classes).output_layer(model.embed_dim)
@@ -49,6 +51,36 @@ def build_model_and_adapter(exp: Experiment, num_classes: int = 2) -> tuple[Clas
         for p in model.head.output_layer.parameters():  # unused now: neither trained nor counted
             p.requires_grad_(False)
     return model, adapter
+
+
+def trained_weights(run: str | Path) -> dict[str, torch.Tensor]:
+    """Every weight of the trained model in `run` (a run or checkpoint folder), its adapters merged in."""
+    ckpt = checkpoint_of(run)
+    if not (ckpt / META).is_file():
+        raise ConfigError(f"model.init_from: {run} is not a trained run folder (no checkpoints/best/{META}; "
+                          "train one with `metadg run`, or import one with `metadg import`)")
+    # Rebuilding the source reseeds torch; what this run draws next (adapter init) must not depend on it.
+    with torch.random.fork_rng(devices=[]):
+        _, source, adapter, _ = load_trained(ckpt)
+    adapter.merge(source)
+    return source.state_dict()
+
+
+def start_from(model: nn.Module, run: str) -> None:
+    """Load the trained weights of `run` into the freshly built `model`; the two must have the same shapes."""
+    weights, own = trained_weights(run), model.state_dict()
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or extra:
+        raise ConfigError(f"model.init_from: {run} was trained with another model ({len(missing)} tensors of this "
+                          f"model are not in it, e.g. {missing[:2]}; {len(extra)} of its are not here, e.g. "
+                          f"{extra[:2]}); model.backbone and model.head must be the run's")
+    wrong = [k for k in own if own[k].shape != weights[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise ConfigError(f"model.init_from: {k} has shape {tuple(weights[k].shape)} in {run} but "
+                          f"{tuple(own[k].shape)} here ({len(wrong)} tensors differ; model.backbone, model.head and "
+                          "the task's class count must be the run's)")
+    model.load_state_dict(weights)
 
 
 def _loss(exp: Experiment, num_classes: int, weight: torch.Tensor | None = None) -> nn.Module:

@@ -27,6 +27,12 @@ class CheckpointError(ValueError):
     """A path that is not a usable metadg checkpoint."""
 
 
+def checkpoint_of(path: str | Path) -> Path:
+    """A run folder's checkpoints/best folder; any other path as given (it may be a checkpoint folder itself)."""
+    p = Path(path).expanduser()
+    return p / "checkpoints" / "best" if (p / "checkpoints" / "best").is_dir() else p
+
+
 def frozen_fingerprint(model: nn.Module) -> str:
     """Hash of every frozen tensor: a reloaded model must rebuild the same base weights."""
     h = hashlib.blake2b(digest_size=16)

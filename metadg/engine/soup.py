@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from metadg.config import ConfigError, atomic_write_text, build_experiment, dump_yaml
 from metadg.engine.accounting import count_parameters
 from metadg.engine.build import checkpoint_classes, load_trained
-from metadg.engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from metadg.engine.checkpoint import CheckpointError, checkpoint_of, read_checkpoint, save_checkpoint
 from metadg.engine.evaluate import evaluate_sets
 from metadg.engine.scoring import scoring_options, utterance_logits
 from metadg.engine.selection import select
@@ -47,11 +47,6 @@ class _Ingredient:
     name: str  # the path as given: what messages and the soup's record show
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
-
-
-def _checkpoint_of(path: Path) -> Path:
-    # A run folder or its checkpoints/best folder, as `metadg eval` accepts.
-    return path / "checkpoints" / "best" if (path / "checkpoints" / "best").is_dir() else path
 
 
 def _first_difference(a: Any, b: Any, where: str) -> str | None:
@@ -122,7 +117,7 @@ def make_soup(run_dirs: list[Path], out_dir: Path, greedy: bool = False, device:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: already exists and is not empty; choose another --out folder")
-    ckpts = [_checkpoint_of(Path(p)) for p in run_dirs]
+    ckpts = [checkpoint_of(Path(p)) for p in run_dirs]
     if len({c.resolve() for c in ckpts}) < len(ckpts):
         raise ConfigError("the same run is given twice; a soup averages different runs")
     ingredients = [_Ingredient(str(p), *read_checkpoint(c)) for p, c in zip(run_dirs, ckpts)]
