@@ -91,9 +91,12 @@ def test_a_crash_between_the_two_renames_falls_back_to_the_previous_checkpoint(t
     assert meta["step"] == 1 and torch.equal(tensors["w"], torch.ones(3))
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_stop_on_sigint_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, workers):
+@pytest.mark.parametrize("workers", [0, 1, "auto"])
+def test_stop_on_sigint_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, workers, monkeypatch):
     tiny_config["train"].update({"steps": 8, "eval_every": 2, "checkpoint_every": 3, "num_workers": workers})
+    if workers == "auto":  # a worker starts mid-run (after the probe steps), and RawBoost runs batched on the device
+        monkeypatch.setattr("metadg.engine.workers.choose_workers", lambda *a: 1)
+        tiny_config["task"]["augment"] = {"rawboost": 5, "device": "training_device"}
     tiny_config["algorithm"] = {"name": "mldg"}  # its own generator must resume too
     whole = Trainer(build_experiment(tiny_config), run_dir=tmp_path / "whole").fit()
 

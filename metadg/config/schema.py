@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,8 +17,11 @@ class ConfigError(ValueError):
 
 def _wants_number(annotation: Any) -> bool:
     """Is `annotation` int or float (optionally with None), so that a boolean is a mistake there?"""
-    args = set(get_args(annotation)) if get_origin(annotation) in (Union, types.UnionType) else {annotation}
-    return bool(args & {int, float}) and args <= {int, float, type(None)}
+    args = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    # Annotated[int, Field(ge=0)] is an int; Literal["auto"] beside a number is a keyword, not a boolean's place.
+    plain = {get_args(a)[0] if get_origin(a) is Annotated else a for a in args}
+    keywords = {a for a in plain if get_origin(a) is Literal and not any(isinstance(v, bool) for v in get_args(a))}
+    return bool(plain & {int, float}) and plain - keywords <= {int, float, type(None)}
 
 
 class StrictModel(BaseModel):
@@ -84,7 +87,10 @@ class TrainConfig(StrictModel):
     checkpoint_every: int | None = Field(
         250, ge=1, description="save the full training state (resumable) every N steps; null = only at a signal stop"
     )
-    num_workers: int = Field(0, ge=0, description="data-loader worker processes for training audio; 0 = load in-process")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        0, description="data-loader worker processes for training audio; 0 = load in-process; 'auto' = time "
+        "in-process loading against the model step for a few steps, then start as many as keep up (never changes results)"
+    )
     grad_accum: int = Field(1, ge=1, description="domain-batch draws whose gradients add up to one optimizer step")
     amp: bool = Field(False, description="bfloat16 autocast for training and scoring (mixed precision)")
     eval_batch_size: int = Field(32, ge=1, le=4096, description="utterances (or chunks) per batch when scoring (≤ 4096)")

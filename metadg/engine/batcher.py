@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,8 @@ from metadg.engine.utterances import LoadError, Utterances, fit_length
 log = logging.getLogger(__name__)
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: a whole step's crops (B, T) on the training device and one seed per crop → augmented crops, same shape
+BatchAugment = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
 # One sample of a step: (domain, index of its Draw in the domain's list, utterance index, sample seed).
 Entry = tuple[str, int, int, int]
 
@@ -64,11 +66,16 @@ class DomainBatcher:
         crop_samples: int,
         policy: SamplingPolicy | None = None,
         augment: Augment | None = None,
+        batch_augment: BatchAugment | None = None,
+        device: torch.device | str = "cpu",
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        if augment is not None and batch_augment is not None:
+            raise ValueError("give augment (per clip, in the loader) or batch_augment (per step, on the device), not both")
         self.utts = utts
+        self.batch_augment, self.device = batch_augment, torch.device(device)
         self.partition = partition
         self.rank, self.world_size = rank, world_size
         self.maker = SampleMaker(utts, crop_samples, augment)
@@ -104,6 +111,7 @@ class DomainBatcher:
         crops: dict[str, list[np.ndarray]] = {d: [] for d in self.domains}
         labels: dict[str, list[int]] = {d: [] for d in self.domains}
         index: dict[str, list[int]] = {d: [] for d in self.domains}
+        seeds: dict[str, list[int]] = {d: [] for d in self.domains}
         for entry, crop in made:
             while isinstance(crop, str):
                 if not self.utts.skipped:
@@ -114,9 +122,23 @@ class DomainBatcher:
             crops[entry[0]].append(crop)
             labels[entry[0]].append(int(self.utts.labels[entry[2]]))
             index[entry[0]].append(entry[2])
+            seeds[entry[0]].append(entry[3])
         self.consumed += 1
         shared = {d: torch.from_numpy(self.partition.shared[index[d]]) for d in self.domains}
-        return {d: Batch(torch.from_numpy(np.stack(crops[d])), torch.tensor(labels[d]), None, shared[d]) for d in self.domains}
+        inputs = {d: torch.from_numpy(np.stack(crops[d])) for d in self.domains}
+        if self.batch_augment is not None:
+            inputs = self._augment_on_device(inputs, seeds)
+        return {d: Batch(inputs[d], torch.tensor(labels[d]), None, shared[d]) for d in self.domains}
+
+    def _augment_on_device(self, inputs: dict[str, torch.Tensor], seeds: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+        # One call for the whole step: a GPU gets one large batch, not one per domain. Each
+        # crop's augmentation seed is a function of its sample seed alone, and distinct from
+        # the stream its crop position came from.
+        whole = torch.cat([inputs[d] for d in self.domains]).to(self.device, non_blocking=True)
+        derived = [int(np.random.SeedSequence([s, 1]).generate_state(1, np.uint64)[0] >> 1)
+                   for d in self.domains for s in seeds[d]]
+        out = self.batch_augment(whole, derived)
+        return dict(zip(self.domains, out.split([len(inputs[d]) for d in self.domains])))
 
     def next(self) -> dict[str, Batch]:
         """One step's batches, loaded in this process."""

@@ -30,6 +30,7 @@ from metadg.engine.schedules import lr_factor
 from metadg.engine.scoring import scoring_options, utterance_logits
 from metadg.engine.selection import select
 from metadg.engine.utterances import Utterances
+from metadg.engine.workers import AutoWorkers
 from metadg.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -131,18 +132,22 @@ class Trainer:
         self.selection = select(tc.selection, self.task)
         self.dev_set = self.selection.val
         self.direction = self.task.direction(self.task.selection_metric)
+        batched = self.task.batch_augmentation(self.device)  # replaces the per-clip augmentation when given
         self.batcher = DomainBatcher(
             self.selection.train,
             partition=self.selection.partition,
             batch_per_domain=tc.batch_per_domain,
             crop_samples=self.task.crop_samples,
             policy=self.task.sampling_policy(),
-            augment=self.task.augmentation(),
+            augment=None if batched is not None else self.task.augmentation(),
+            batch_augment=batched,
+            device=self.device,
             seed=exp.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        self.batches = self.batcher.iterate(tc.num_workers)  # starts on first use: after a restore
+        # Starts on first use: after a restore.
+        self.batches = AutoWorkers(self.batcher) if tc.num_workers == "auto" else self.batcher.iterate(tc.num_workers)
         self.loop = LoopState()
 
     def fit(self) -> RunResult:

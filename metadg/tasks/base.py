@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 
 from metadg.config import ConfigError
@@ -107,6 +108,10 @@ class Task(ABC):
 
     def augmentation(self) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
         """Applied to each training crop with the batcher's generator; None = no augmentation."""
+        return None
+
+    def batch_augmentation(self, device: torch.device) -> Callable[[torch.Tensor, Sequence[int]], torch.Tensor] | None:
+        """Applied on `device` to each step's crops (B, T), one seed per crop; when given, `augmentation` is not used."""
         return None
 
     def class_index(self, name: str) -> int:

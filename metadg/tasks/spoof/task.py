@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from metadg.config import StrictModel
@@ -23,6 +24,9 @@ from metadg.tasks.spoof.rawboost import RawBoost, RawBoostConfig
 from metadg.tasks.spoof.sampling import SharedBonafide, partition_by_attack
 from metadg.tasks.spoof.score_files import det_png, write_scores
 
+if TYPE_CHECKING:
+    from metadg.tasks.spoof.rawboost_batched import BatchedRawBoost
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +35,11 @@ class AugmentConfig(StrictModel):
 
     rawboost: RawBoostConfig | int = Field(
         0, description="RawBoost algorithm 0-8 (0 off; 5 for LA, 3 for DF in SSL-AASIST), or its full settings"
+    )
+    device: Literal["auto", "cpu", "training_device"] = Field(
+        "auto", description="where RawBoost runs: 'cpu' per clip in the loader (NumPy, in its workers), "
+        "'training_device' batched in torch on the training device, 'auto' = the training device when it is a GPU, "
+        "else 'cpu'. Both draw from the same distributions, seeded per sample (not the same numbers)"
     )
 
 
@@ -134,8 +143,21 @@ class SpoofDetection(CorpusTask):
                 for i, s in enumerate(scores)]
         return ["score", "llr", "decision"], rows
 
-    def augmentation(self) -> RawBoost | None:
-        """RawBoost on training crops, when configured."""
+    def _rawboost(self) -> RawBoostConfig:
         rb = self.cfg.augment.rawboost
-        cfg = rb if isinstance(rb, RawBoostConfig) else RawBoostConfig(algo=rb)
+        return rb if isinstance(rb, RawBoostConfig) else RawBoostConfig(algo=rb)
+
+    def augmentation(self) -> RawBoost | None:
+        """RawBoost per training crop, in the loader, when configured (and not batched on the device)."""
+        cfg = self._rawboost()
         return RawBoost.from_config(cfg) if cfg.algo else None
+
+    def batch_augmentation(self, device: torch.device) -> BatchedRawBoost | None:
+        """RawBoost on each step's crops on `device`, when `augment.device` puts it there."""
+        where = self.cfg.augment.device
+        cfg = self._rawboost()
+        if not cfg.algo or where == "cpu" or (where == "auto" and device.type == "cpu"):
+            return None
+        from metadg.tasks.spoof.rawboost_batched import BatchedRawBoost
+
+        return BatchedRawBoost(cfg)
