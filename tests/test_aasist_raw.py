@@ -85,12 +85,12 @@ def test_the_recipe_validates_without_data_and_trains_the_published_count():
     assert report.trainable == 85_306 and report.trainable == report.total
 
 
-def test_lora_on_a_backbone_without_a_transformer_is_a_clear_config_error(tiny_config):
+def test_lora_on_the_sinc_front_end_is_a_clear_config_error(tiny_config):
     from metadg.engine.build import build_model_and_adapter
 
     tiny_config.update({"model": {"backbone": {"name": "aasist_raw", "preset": "AASIST-L"}, "head": {"name": "linear"}},
-                        "adapter": {"name": "lora"}})
-    with pytest.raises(ConfigError, match="AASISTRaw has none .use adapter: .name: full. or head_only"):
+                        "adapter": {"name": "lora", "targets": ["sinc"]}})
+    with pytest.raises(ConfigError, match=r"adapter\.targets: 'sinc' names sinc \(SincFilters: no trainable weight"):
         build_model_and_adapter(build_experiment(tiny_config))
 
 

@@ -106,6 +106,15 @@ class AASISTRaw(nn.Module):
 
     Config = AASISTRawConfig
 
+    #: the layers `adapter: {name: lora}` adapts by default (module names or dotted suffixes): the encoder's
+    #: convolutions and the projections of the graph-attention layers. Not the sinc bank (fixed, no weight),
+    #: BatchNorm, or the pools' one-output scorers (`proj`, targetable by name: rank-r factors there would
+    #: outnumber the layer's own weights).
+    lora_targets: tuple[str, ...] = (
+        "conv1", "conv2", "skip", "att_proj", "proj_with_att", "proj_without_att", "proj_type1", "proj_type2",
+        "att_proj_master", "proj_with_att_master", "proj_without_att_master",
+    )
+
     def __init__(self, cfg: AASISTRawConfig) -> None:
         super().__init__()
         self.cfg = cfg

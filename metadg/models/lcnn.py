@@ -123,6 +123,10 @@ class LCNN(nn.Module):
 
     Config = LCNNConfig
 
+    #: the layers `adapter: {name: lora}` adapts by default (full module names): every convolution. Not the
+    #: front-end (fixed), max-feature-map, BatchNorm (no affine weights) or the LSTMs (peft has no LoRA for them).
+    lora_targets: tuple[str, ...]
+
     def __init__(self, cfg: LCNNConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -137,6 +141,7 @@ class LCNN(nn.Module):
             *_conv(32, 64, 1), bn(32), *_conv(32, 64, 3), pool(),
             nn.Dropout(cfg.dropout),
         )
+        self.lora_targets = tuple(f"convs.{i}" for i, m in enumerate(self.convs) if isinstance(m, nn.Conv2d))
         width = 32 * ((3 * cfg.filters) // 16)
         if width == 0:
             raise ValueError(f"lcnn: {cfg.filters} filters leave no feature after four 2×2 pools; use at least 6")

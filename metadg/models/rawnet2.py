@@ -86,6 +86,11 @@ class RawNet2(nn.Module):
 
     Config = RawNet2Config
 
+    #: the layers `adapter: {name: lora}` adapts by default (module names or dotted suffixes): the residual
+    #: blocks' convolutions, the filter-wise scaling maps and the fully connected layer (`fc` names both).
+    #: Not the sinc bank (fixed, no weight), the GRU (peft has no LoRA for recurrent layers) or BatchNorm.
+    lora_targets: tuple[str, ...] = ("conv1", "conv2", "skip", "fc")
+
     def __init__(self, cfg: RawNet2Config) -> None:
         super().__init__()
         self.cfg = cfg
