@@ -35,10 +35,14 @@ class Adapter(ABC):
         return {}
 
     def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Buffers of the modules that train (BatchNorm running statistics): they change with training too."""
+        """Buffers that training changes: those of the modules that train, and every BatchNorm's running statistics."""
         out = {}
         for prefix, module in model.named_modules():
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
+            # A BatchNorm in train mode moves its statistics whether or not its own weights train
+            # (a frozen backbone under head_only or LoRA, LCNN's affine-free BatchNorm): without
+            # them a reloaded model would score with the statistics of before training.
+            moving = isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            if moving or any(p.requires_grad for p in module.parameters(recurse=False)):
                 for name, buf in module.named_buffers(recurse=False):
                     if buf is not None:
                         out[f"{prefix}.{name}" if prefix else name] = buf

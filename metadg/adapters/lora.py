@@ -212,20 +212,6 @@ class LoRA(Adapter):
         """The LoRA factors."""
         return {n: p for n, p in model.named_parameters() if ".lora_" in n}
 
-    def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Buffers of trained modules; from scratch also every BatchNorm statistic (training moves them even frozen)."""
-        out = super().trained_buffers(model)
-        if _is_transformer(model.backbone):
-            return out
-        # A training step in train mode moves the frozen backbone's BatchNorm statistics; without them a
-        # reloaded model would score with the statistics of before training.
-        for prefix, m in model.backbone.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                for name, buf in m.named_buffers(recurse=False):
-                    if buf is not None:
-                        out[f"backbone.{prefix}.{name}"] = buf
-        return out
-
     def _per_head(self, heads: int) -> tuple[int, float, dict]:
         # peft's block-diagonal LoRA with one block per head: with the rank
         # split into `heads` groups, a block-diagonal B on q/k/v ties rank group
