@@ -55,3 +55,25 @@ def test_paper_configuration_trains_3_6_million(tiny_config):
     report = count(exp)
     assert report.trainable == 3_592_970  # 3,145,728 LoRA + 447,242 AASIST back-end (REFERENCE.md)
     assert round(report.percent_of_full, 2) == 1.14  # the paper's "1.1 %"
+
+
+def test_every_registered_model_counts_on_the_meta_device_as_built(tiny_config):
+    # `metadg params` builds on the meta device: every backbone must build there, and count as it does for real.
+    import torch
+
+    from metadg.engine.build import build_model_and_adapter
+    from metadg.registry import MODELS
+
+    small = {"ssl": {"preset": "tiny"}, "aasist_raw": {"preset": "AASIST-L"}, "rawnet2": {"gru_node": 32, "nb_fc_node": 32},
+             "lcnn": {}}
+    assert set(MODELS.names()) <= set(small), "a new backbone: add it here"
+    for name in MODELS.names():
+        tiny_config["model"] = {"backbone": {"name": name, **small[name]}, "head": {"name": "linear"}}
+        for adapter in ({"name": "full"}, {"name": "lora", "r": 2}):
+            tiny_config["adapter"] = adapter
+            exp = build_experiment(tiny_config)
+            model, built = build_model_and_adapter(exp)
+            report = count(exp)
+            assert report.trainable == sum(p.numel() for p in built.trainable_parameters(model).values()), name
+            assert report.total == sum(p.numel() for p in model.parameters()), name
+    assert torch.empty(0).device.type == "cpu"  # the meta device was left

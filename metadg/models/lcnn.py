@@ -63,10 +63,11 @@ class SpectralFrontend(nn.Module):
         self.cfg = cfg
         n_bins = int(cfg.max_freq * (cfg.n_fft // 2 + 1))
         freqs = (cfg.sample_rate / 2) * torch.linspace(0, cfg.max_freq, n_bins, dtype=torch.float64)
+        top_hz = cfg.sample_rate / 2 * cfg.max_freq  # = freqs[-1], computed off-tensor: the meta device has no values
         if cfg.frontend == "lfcc":
-            centres = torch.linspace(0, float(freqs[-1]), cfg.filters + 2, dtype=torch.float64)
+            centres = torch.linspace(0, top_hz, cfg.filters + 2, dtype=torch.float64)
         else:
-            top = 2595 * math.log10(1 + float(freqs[-1]) / 700)
+            top = 2595 * math.log10(1 + top_hz / 700)
             centres = 700 * (10 ** (torch.linspace(0, top, cfg.filters + 2, dtype=torch.float64) / 2595) - 1)
         self.register_buffer("bank", _triangles(centres, freqs).float(), persistent=False)
         k = torch.arange(cfg.filters, dtype=torch.float64)
