@@ -203,3 +203,25 @@ def test_end_to_end_training(tiny_config, adapter):
     result = Trainer(build_experiment(cfg)).fit()
     assert result.steps_done == 4
     assert result.dev and all(math.isfinite(v) for v in result.dev.values())
+
+
+def test_lora_on_a_from_scratch_backbone_switches_its_injected_adapters_off(tiny_config):
+    # No PeftModel around aasist_raw: its injected LoRA layers are disabled for f_pre, then back on.
+    from test_lora_scratch import TINY
+
+    cfg = {**tiny_config, "adapter": ADAPTERS["lora"],
+           "model": {"backbone": {"name": "aasist_raw", **TINY["aasist_raw"]}, "head": {"name": "linear"}}}
+    model, ad = build_model_and_adapter(build_experiment(cfg))
+    model = model.double().eval()
+    reference = copy.deepcopy(model)
+    algo, params = make_algo(model, ad)
+    train_steps(algo, params, 2)
+    batch = Batch.cat(list(audio_batches(9).values()))
+    f_pre = algo.pretrained_features(batch)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if "lora_B" in name:
+                p.zero_()  # B = 0: the untouched model's function
+        torch.testing.assert_close(f_pre, features(reference, batch))
+        assert not torch.allclose(f_pre, features(model, batch))
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)  # adapters back on

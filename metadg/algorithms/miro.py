@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from pydantic import Field
@@ -28,12 +28,27 @@ class MIROConfig(StrictModel):
     var_init: float = Field(0.1, gt=EPS, description="initial σ² of every feature dimension (reference: 0.1)")
 
 
-def _is_peft(module: nn.Module) -> bool:
+def _is_peft(module: nn.Module | None) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft ships with the LoRA adapter
         return False
     return isinstance(module, PeftModel)
+
+
+@contextlib.contextmanager
+def _adapters_disabled(module: nn.Module) -> Iterator[None]:
+    """LoRA layers injected into `module` (a from-scratch backbone, no PeftModel around it) run as their base layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 @ALGORITHMS.register("miro")
@@ -111,7 +126,8 @@ class MIRO(Algorithm):
     def pretrained_features(self, batch: Batch) -> torch.Tensor:
         """f_pre of `batch` from the pre-trained backbone (no grad, eval mode, no second module)."""
         backbone = self.model.backbone
-        ctx = backbone.model.disable_adapter() if _is_peft(backbone.model) else contextlib.nullcontext()
+        hf = getattr(backbone, "model", None)  # a transformer inside (ssl), or none (from-scratch detectors)
+        ctx = hf.disable_adapter() if _is_peft(hf) else _adapters_disabled(backbone)
         was_training = backbone.training
         backbone.eval()
         try:
