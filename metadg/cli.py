@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
     score.add_argument("--out", default="scores.csv", help="CSV to write: path, the task's columns (spoof: score, llr, decision), error")
     score.add_argument("--device", default="cpu")
+    score.add_argument("--window", type=float, metavar="S", help="score long files in windows of S seconds "
+                       "(default: the run's train.eval_chunk_samples; none = whole files)")
+    score.add_argument("--overlap", type=float, help="overlap between windows, 0 to <1 (default: the run's, 0.5)")
+    score.add_argument("--aggregate", default="mean", choices=["mean", "max", "min"],
+                       help="one score per file from its windows: mean of their LLRs/logits, or the window of highest "
+                       "(max, most bona fide) / lowest (min, most spoof-like) score")
+    score.add_argument("--per-window", metavar="CSV", help="also write one row per window (path, start_s, end_s, columns)")
+    point = score.add_mutually_exclusive_group()
+    point.add_argument("--threshold", type=float, help="decide on the raw score at this threshold (default: dev EER threshold)")
+    point.add_argument("--prior", type=float, metavar="P_SPOOF", help="Bayes decision on calibrated LLRs at this spoof prior")
+    score.add_argument("--c-miss", type=float, default=1.0, help="with --prior: cost of rejecting bona fide speech (1)")
+    score.add_argument("--c-fa", type=float, default=1.0, help="with --prior: cost of accepting a spoof (1)")
     up = sub.add_parser("upload", help="send runs logged while the MLflow server was unreachable (their tracking.jsonl)")
     up.add_argument("paths", nargs="+", help="run folders, folders of them (a benchmark), or tracking.jsonl files")
     up.add_argument("--uri", help="MLflow tracking URI to send to (default: the one each run was started with)")
@@ -153,11 +165,18 @@ def _headline(checkpoint: Path) -> tuple:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score files and write a CSV."""
-    from metadg.engine.checkpoint import checkpoint_of
+    from metadg.deploy.detector import Detector, Windows
     from metadg.tasks.audio.score_files import score_files
 
-    scored, failed = score_files(checkpoint_of(args.checkpoint), args.paths, args.out, device=args.device)
+    point = ({"threshold": args.threshold} if args.threshold is not None else
+             {"prior": args.prior, "c_miss": args.c_miss, "c_fa": args.c_fa} if args.prior is not None else None)
+    windows = Windows(args.window, args.overlap, args.aggregate)
+    detector = Detector(args.checkpoint, args.device)
+    rule = detector.operating_point(point)  # before scoring: a bad --prior must not wait for the files
+    scored, failed = score_files(detector.checkpoint, args.paths, args.out, device=args.device, windows=windows,
+                                 operating_point=point, per_window_csv=args.per_window, detector=detector)
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
+    print(f"decision: {rule}" + (f"; windows: {args.per_window}" if args.per_window else ""))
     return 0 if scored or not failed else 1
 
 

@@ -85,11 +85,11 @@ def test_score_writes_rows_as_it_goes_and_a_rerun_continues(tmp_path, run_dir, m
     out = tmp_path / "s.csv"
     real, calls = module._score_batch, []
 
-    def killed_after_two_batches(model, task, meta, exp, files, *rest):
+    def killed_after_two_batches(detector, files, *rest):
         calls.append([p.name for p in files])
         if len(calls) == 3:
             raise KeyboardInterrupt  # a kill in the third batch
-        return real(model, task, meta, exp, files, *rest)
+        return real(detector, files, *rest)
 
     monkeypatch.setattr(module, "_score_batch", killed_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
@@ -98,7 +98,7 @@ def test_score_writes_rows_as_it_goes_and_a_rerun_continues(tmp_path, run_dir, m
     with out.open("a") as fh:
         fh.write(str(inbox / "f4.wav") + ",0.1")  # and a row cut short by the kill
     calls.clear()
-    monkeypatch.setattr(module, "_score_batch", lambda *a: calls.append([p.name for p in a[4]]) or real(*a))
+    monkeypatch.setattr(module, "_score_batch", lambda *a: calls.append([p.name for p in a[1]]) or real(*a))
     assert module.score_files(run_dir / "checkpoints" / "best", [inbox], out, files_per_batch=2) == (5, 0)
     assert calls == [["f4.wav"]]  # only what was missing
     rows = list(csv.DictReader(out.open()))

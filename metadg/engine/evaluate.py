@@ -73,7 +73,8 @@ def evaluate_checkpoint(
     from metadg.config import build_experiment
     from metadg.engine.build import load_trained
 
-    exp, model, _, meta = load_trained(checkpoint, device)
+    exp, model, adapter, meta = load_trained(checkpoint, device)
+    adapter.merge(model)  # plain-model speed; the saved adapter is untouched (scores agree to float rounding)
     if eval_specs is not None:
         data = exp.to_dict()
         data["task"]["eval"] = eval_specs

@@ -14,15 +14,27 @@ from metadg.engine.utterances import LoadError, Utterances
 log = logging.getLogger(__name__)
 
 
+def window_starts(length: int, chunk: int | None, overlap: float) -> list[int]:
+    """First samples of the overlapping `chunk`-sample windows covering `length` samples (the last flush with the end)."""
+    if chunk is None or length <= chunk:
+        return [0]
+    hop = max(1, int(round(chunk * (1.0 - overlap))))
+    starts = list(range(0, length - chunk + 1, hop))
+    if starts[-1] + chunk < length:
+        starts.append(length - chunk)
+    return starts
+
+
 def segments(wave: np.ndarray, chunk: int | None, overlap: float) -> list[np.ndarray]:
     """The whole wave, or overlapping windows of `chunk` samples covering it (the last one flush with the end)."""
     if chunk is None or wave.shape[0] <= chunk:
         return [wave]
-    hop = max(1, int(round(chunk * (1.0 - overlap))))
-    starts = list(range(0, wave.shape[0] - chunk + 1, hop))
-    if starts[-1] + chunk < wave.shape[0]:
-        starts.append(wave.shape[0] - chunk)
-    return [wave[s : s + chunk] for s in starts]
+    return [wave[s : s + chunk] for s in window_starts(wave.shape[0], chunk, overlap)]
+
+
+#: how the windows of a long utterance make one score: the mean of their logits (for two classes the mean
+#: log-odds, so the mean LLR under an affine calibration), or the window of highest / lowest class-1 log-odds
+AGGREGATES = ("mean", "max", "min")
 
 
 # A batch never pads its shortest segment by more than this share of its length: padded
@@ -76,14 +88,22 @@ def utterance_logits(
     chunk_samples: int | None = None,
     chunk_overlap: float = 0.5,
     amp: bool = False,
+    aggregate: str = "mean",
+    windows: dict[int, list[tuple[int, np.ndarray]]] | None = None,
 ) -> np.ndarray:
-    """(N, C) float64 logits per utterance, in `utts` order: of whole utterances, or the mean over overlapping chunks.
+    """(N, C) float64 logits per utterance, in `utts` order: of whole utterances, or aggregated over overlapping chunks.
+
+    `aggregate` (AGGREGATES) combines an utterance's chunks; `windows`, when given, receives each
+    utterance's (first sample, logits) per chunk, in time order.
 
     An utterance is unusable when its file cannot be loaded, when the model cannot take it (e.g.
     shorter than the backbone's receptive field: the batch is retried one utterance at a time to
     find it) or when the model's output for it is not finite. Under `utts.on_error == "skip"` it
     gets a row of NaN and is counted in `utts.skipped`; otherwise a LoadError names it.
     """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    keep = {} if aggregate != "mean" or windows is not None else None  # per-chunk logits, only when asked for
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -96,8 +116,15 @@ def utterance_logits(
     bar = tqdm(total=len(utts), desc=desc, disable=None if progress else True, leave=False, unit="utt")
     for start in range(0, len(utts), window):
         waves = {i: utts.try_load(i) for i in range(start, min(start + window, len(utts)))}
-        segs = [(i, seg) for i, wave in waves.items() if wave is not None
-                for seg in segments(wave, chunk_samples, chunk_overlap)]
+        segs: list[tuple[int, np.ndarray]] = []
+        start_of: dict[int, int] = {}  # id of a segment (alive in segs) → its first sample
+        for i, wave in waves.items():
+            if wave is None:
+                continue
+            for start, seg in zip(window_starts(wave.shape[0], chunk_samples, chunk_overlap),
+                                  segments(wave, chunk_samples, chunk_overlap)):
+                segs.append((i, seg))
+                start_of[id(seg)] = start
         segs.sort(key=lambda item: item[1].shape[0])
         for part in length_batches(segs, batch_size):
             try:
@@ -119,6 +146,9 @@ def utterance_logits(
                         _unusable(utts, item[0], f"the model cannot take this audio ({item[1].shape[0]} samples): "
                                   f"{first}", "model cannot take the audio")
             for done, logits in results:
+                if keep is not None:
+                    for row, (i, seg) in enumerate(done):
+                        keep.setdefault(i, []).append((start_of[id(seg)], logits[row]))
                 owners = np.array([i for i, _ in done])
                 if totals is None:
                     totals = np.zeros((len(utts), logits.shape[1]), dtype=np.float64)
@@ -132,6 +162,8 @@ def utterance_logits(
     counts[list(failed)] = 0  # a chunk of a long utterance may have scored before another failed
     with np.errstate(invalid="ignore"):
         out = totals / counts[:, None]  # NaN rows mark unusable utterances under on_error: skip
+    if keep is not None:
+        _by_window(out, keep, counts, aggregate, windows)
     bad = np.flatnonzero((counts > 0) & ~np.isfinite(out).all(axis=1))
     if len(bad) > 1 and len(bad) == int((counts > 0).sum()):  # every file at once: the model, not the audio
         raise FloatingPointError(f"{utts.name or 'utterances'}: the model's output is NaN/Inf for every one of the "
@@ -142,6 +174,24 @@ def utterance_logits(
                   "non-finite model output")
         out[i] = np.nan
     return out
+
+
+def _by_window(out: np.ndarray, keep: dict[int, list[tuple[int, np.ndarray]]], counts: np.ndarray, aggregate: str,
+               windows: dict[int, list[tuple[int, np.ndarray]]] | None) -> None:
+    """Hand out each usable utterance's windows in time order; under max/min, its row becomes that window's logits."""
+    if aggregate != "mean" and out.shape[1] != 2:
+        raise ValueError(f"aggregate: {aggregate} picks the window of highest/lowest class-1 log-odds, which needs "
+                         f"two classes (this model has {out.shape[1]}); use mean")
+    for i, chunks in keep.items():
+        if counts[i] == 0:  # unusable: stays NaN
+            continue
+        chunks.sort(key=lambda item: item[0])
+        if windows is not None:
+            windows[i] = [(start, row.astype(np.float64)) for start, row in chunks]
+        if aggregate != "mean":
+            odds = [class_log_odds(row[None])[0] for _, row in chunks]
+            pick = int(np.argmax(odds) if aggregate == "max" else np.argmin(odds))
+            out[i] = chunks[pick][1].astype(np.float64)
 
 
 def class_log_odds(logits: np.ndarray) -> np.ndarray:

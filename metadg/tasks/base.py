@@ -161,6 +161,13 @@ class Task(ABC):
         """Files over every evaluated set (plots), logged as artifacts; default none."""
         return []
 
+    def operating_point(self, meta: dict[str, Any], requested: dict[str, float] | None = None) -> str:
+        """How `score_table` decides, in words; `requested` ({threshold} or {prior, c_miss, c_fa}) picks another rule."""
+        if requested:
+            raise ConfigError(f"{type(self).__name__} decides by the most probable class; a threshold or prior "
+                              "(--threshold, --prior) applies to two-class detection tasks")
+        return "the most probable class"
+
     def score_table(self, logits: np.ndarray, meta: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         """Columns and rows that `metadg score` writes per file; default: predicted class and probabilities."""
         probs = softmax(np.asarray(logits, dtype=np.float64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from metadg.config import StrictModel
+from metadg.config import ConfigError, StrictModel
 from metadg.engine.sampling import Partition
 from metadg.engine.scoring import class_log_odds
 from metadg.registry import TASKS
@@ -134,12 +135,42 @@ class SpoofDetection(CorpusTask):
         det = det_png(directory / "det.png", {n: (u, class_log_odds(x)) for n, (u, x) in scored.items()}) if scored else None
         return [det] if det is not None else []
 
-    def score_table(self, logits: np.ndarray, meta: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-        """score (bona fide log-odds), calibrated LLR if the checkpoint has a calibration, decision at the dev EER threshold."""
+    def decision_rule(self, meta: dict[str, Any], requested: dict[str, float] | None = None) -> tuple[str, float, str]:
+        """(what is thresholded: 'score' or 'llr', the threshold, the rule in words) for `requested` or the default.
+
+        Default: the raw score at the dev EER threshold. {threshold: t}: the raw score at t. {prior: P_spoof,
+        c_miss, c_fa}: the Bayes decision on calibrated LLRs, bona fide when LLR > ln(P_spoof·C_fa / ((1 − P_spoof)·C_miss)),
+        C_miss the cost of rejecting bona fide speech, C_fa of accepting a spoof.
+        """
+        requested = requested or {}
+        if "threshold" in requested:
+            t = float(requested["threshold"])
+            return "score", t, f"score > {t:g} (given threshold)"
+        if "prior" in requested:
+            if not meta.get("calibration"):
+                raise ConfigError("--prior: this run has no score calibration (task.calibrate was off), so its scores "
+                                  "are not LLRs; give --threshold instead")
+            p, c_miss, c_fa = float(requested["prior"]), float(requested.get("c_miss", 1.0)), float(requested.get("c_fa", 1.0))
+            if not 0 < p < 1 or c_miss <= 0 or c_fa <= 0:
+                raise ConfigError(f"--prior {p} must lie strictly between 0 and 1, and the costs must be > 0")
+            t = math.log(p * c_fa / ((1 - p) * c_miss))
+            return "llr", t, (f"calibrated LLR > {t:.4f}: the Bayes threshold at P_spoof {p:g}, C_miss {c_miss:g}, "
+                              f"C_fa {c_fa:g}")
+        t = float(meta.get("dev", {}).get("eer_threshold", 0.0))
+        return "score", t, f"score > {t:.6f} (the dev set's EER threshold)"
+
+    def operating_point(self, meta: dict[str, Any], requested: dict[str, float] | None = None) -> str:
+        """The decision rule in words (see `decision_rule`)."""
+        return self.decision_rule(meta, requested)[2]
+
+    def score_table(self, logits: np.ndarray, meta: dict[str, Any],
+                    operating_point: dict[str, float] | None = None) -> tuple[list[str], list[list[str]]]:
+        """score (bona fide log-odds), calibrated LLR if the checkpoint has a calibration, decision at the operating point."""
         scores = class_log_odds(np.asarray(logits))
-        threshold = float(meta.get("dev", {}).get("eer_threshold", 0.0))
+        on, threshold, _ = self.decision_rule(meta, operating_point)
         llrs = Calibrator.from_dict(meta["calibration"]).transform(scores) if meta.get("calibration") else None
-        rows = [[f"{s:.6f}", "" if llrs is None else f"{llrs[i]:.6f}", "bonafide" if s > threshold else "spoof"]
+        decided = scores if on == "score" else llrs
+        rows = [[f"{s:.6f}", "" if llrs is None else f"{llrs[i]:.6f}", "bonafide" if decided[i] > threshold else "spoof"]
                 for i, s in enumerate(scores)]
         return ["score", "llr", "decision"], rows
 
