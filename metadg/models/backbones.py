@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
-from metadg.config import StrictModel
+from metadg.config import ConfigError, StrictModel
 from metadg.registry import MODELS
 
 # Shapes buildable without weights. `tiny` is what tests and the quickstart train
@@ -68,6 +71,13 @@ class SSLConfig(StrictModel):
     )
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="attention kernel; 'auto' = sdpa where the model has it (WavLM has not); second-order MLDG needs 'eager'"
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each transformer (and trainable conv) layer's activations in the backward pass "
+        "instead of keeping them: trades activation memory for step time (about one extra forward per step, more "
+        "with second-order MLDG); "
+        "training mode only, scoring is unaffected",
     )
 
     @model_validator(mode="after")
@@ -135,6 +145,8 @@ class SSLBackbone(nn.Module):
             raise ValueError(f"model.backbone.layer: {cfg.layer} out of range for {self.num_layers} layers")
         # Hidden states = embeddings + one per layer.
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if cfg.layer == "weighted" else None
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(self.model)
 
     def frame_mask(self, lengths: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
         """Boolean (B, F) mask of valid frames for waveforms of `lengths` samples."""
@@ -174,6 +186,79 @@ class SSLBackbone(nn.Module):
     def hf_model(self) -> nn.Module:
         """The wrapped transformers model (a PeftModel once LoRA is applied)."""
         return self.model
+
+
+def _enable_checkpointing(hf: nn.Module) -> None:
+    """Turn on transformers' activation checkpointing, replayed at the weights each layer ran with."""
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"model.backbone.gradient_checkpointing: {type(hf).__name__} does not support gradient checkpointing "
+            "in transformers; set it to false"
+        )
+    # Non-reentrant: works when no input of a layer requires grad (LoRA on a
+    # frozen encoder), under torch.autograd.grad and create_graph (MLDG), and it
+    # replays autocast and the RNG state, so dropout draws the same masks.
+    # The layerdrop draws happen in the encoder's loop, outside any checkpoint.
+    kwargs = {"use_reentrant": False}
+    enable = getattr(hf, "activation_checkpointing_enable", None)  # transformers >= 5 (the old name warns)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers flags every module that has a `gradient_checkpointing`
+    # attribute, the conv feature encoder's layers included. Kept: when the conv
+    # stack trains (full fine-tuning) it holds more than half of the activation
+    # memory at XLS-R shape (~1.0 of 1.8 GiB for 16 × 1 s, growing with the
+    # audio length) for about a seventh of a forward's FLOPs to recompute; when
+    # it is frozen (LoRA, head_only, freeze_feature_encoder) no graph is
+    # recorded there, so it is neither recomputed nor costs anything.
+    for module in hf.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module._gradient_checkpointing_func = partial(_checkpoint_at_call_weights, module)
+    # peft (wrapping a checkpointing model) asks for the token embeddings' output
+    # to require grad, which only reentrant checkpoints need; an audio encoder has
+    # no token embeddings, and transformers would warn that gradients cannot flow.
+    hf.enable_input_require_grads = _no_input_require_grads
+
+
+def _no_input_require_grads() -> None:
+    """Nothing to do: non-reentrant checkpoints need no input that requires grad."""
+
+
+class _Replay(nn.Module):
+    """Runs `function` as the forward of a module that owns `layer`, so functional_call can swap its tensors."""
+
+    def __init__(self, layer: nn.Module, function: Callable[..., Any]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.function = function
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped function."""
+        return self.function(*args, **kwargs)
+
+
+def _checkpoint_at_call_weights(layer: nn.Module, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """torch's non-reentrant checkpoint of `function` (a forward of `layer`), recomputed at the tensors it ran with."""
+    # Under torch.func.functional_call (MLDG's virtual step θ' = θ − α∇F) the
+    # layer holds θ' only while the forward runs; the recompute happens in the
+    # backward pass, after functional_call has put θ back, and would silently
+    # differentiate at θ. So the tensors of this call are pinned and swapped in
+    # again for the recompute (a no-op swap when they are the module's own).
+    held = dict(_tensors(layer))
+
+    def replay(*a: Any, **k: Any) -> Any:
+        if all(held.get(n) is t for n, t in _tensors(layer)):  # the forward itself, or no functional_call
+            return function(*a, **k)
+        return functional_call(_Replay(layer, function), {f"layer.{n}": t for n, t in held.items()}, a, k)
+
+    return checkpoint(replay, *args, use_reentrant=False, **kwargs)
+
+
+def _tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every parameter and buffer `module` holds now."""
+    yield from module.named_parameters()
+    yield from module.named_buffers()
 
 
 @contextmanager
