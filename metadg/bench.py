@@ -43,6 +43,26 @@ log = logging.getLogger(__name__)
 # Settings that change how a run goes, not what it computes: editing them must
 # not orphan finished cells.
 _NEUTRAL_TRAIN_KEYS = ("checkpoint_every", "progress", "num_workers", "eval_batch_size")
+# Keys added after cells were first run, left out of the id while at the value that behaves as before,
+# so finished cells stay found: (dotted path, that value).
+_ADDED_KEYS: tuple[tuple[str, Any], ...] = (
+    ("model.backbone.gradient_checkpointing", False),  # same gradients either way; memory vs time only
+    ("model.backbone.revision", None),
+    ("task.augment.device", "auto"),  # on a CPU the per-clip loader, as before
+)
+
+
+def _without_added_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` less the added keys that still hold their old-behaviour value."""
+    config = json.loads(json.dumps(config))  # a deep copy of plain data
+    for dotted, value in _ADDED_KEYS:
+        *parents, key = dotted.split(".")
+        section = config
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key in section and section[key] == value:
+            del section[key]
+    return config
 
 
 @dataclass
@@ -59,7 +79,7 @@ class Cell:
         """Stable id: a hash of the resolved config, less what does not change results (name, paths, tracking)."""
         config = {k: v for k, v in self.experiment.to_dict().items() if k not in ("name", "output_dir", "tracking")}
         config["train"] = {k: v for k, v in config["train"].items() if k not in _NEUTRAL_TRAIN_KEYS}
-        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(_without_added_keys(config), sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass

@@ -37,6 +37,17 @@ def test_cells_systems_and_stable_ids(bench_file):
     assert [c.cell_id for c in expand(bench_file, ["train.lr=0.5"])[1]] != ids
 
 
+def test_keys_added_later_keep_the_ids_of_cells_that_never_set_them(bench_file):
+    # Resolved configs gain the new keys' defaults; the cells run before they existed must still be found.
+    from metadg.bench import _ADDED_KEYS
+
+    ids = [c.cell_id for c in expand(bench_file)[1]]
+    defaults = [f"{key}={'null' if value is None else str(value).lower()}" for key, value in _ADDED_KEYS]
+    assert [c.cell_id for c in expand(bench_file, defaults)[1]] == ids
+    for change in ("model.backbone.gradient_checkpointing=true", "task.augment.device=cpu"):
+        assert [c.cell_id for c in expand(bench_file, [change])[1]] != ids, change
+
+
 def test_summary_is_mean_and_std_over_seeds():
     rows = [{"system": "A seed=0", "group": "A", "trainable": 5, "x_eer_%": 10.0},
             {"system": "A seed=1", "group": "A", "trainable": 5, "x_eer_%": 14.0},

@@ -15,6 +15,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from metadg.config import ConfigError, StrictModel
+from metadg.models.hub import resolve_pretrained
 from metadg.registry import MODELS
 
 # Shapes buildable without weights. `tiny` is what tests and the quickstart train
@@ -57,7 +58,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 class SSLConfig(StrictModel):
     """Where the encoder comes from and which layer(s) feed the head."""
 
-    pretrained: str | None = Field(None, description="local Hugging Face checkpoint directory (never downloaded)")
+    pretrained: str | None = Field(
+        None, description="a local Hugging Face checkpoint folder, or a Hub id (facebook/wav2vec2-xls-r-300m) resolved "
+        "through the Hugging Face cache (HF_HUB_CACHE / HF_HOME), downloaded when online"
+    )
+    revision: str | None = Field(None, description="with a Hub id: the branch, tag or commit (default: main)")
     preset: str | None = Field(
         None,
         description=f"named shape ({', '.join(PRESETS)}): random init, or beside pretrained the expected shape "
@@ -86,7 +91,9 @@ class SSLConfig(StrictModel):
         if len(given) > 1 and given not in (["preset", "config"], ["pretrained", "preset"]):
             raise ValueError(f"give one of pretrained / preset / config (got {', '.join(given)})")
         if not given:
-            raise ValueError("give pretrained: <local dir>, preset: <name> or config: {...}")
+            raise ValueError("give pretrained: <local dir or Hub id>, preset: <name> or config: {...}")
+        if self.revision is not None and self.pretrained is None:
+            raise ValueError("revision applies to pretrained: <Hub id>; give pretrained")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (valid: {', '.join(PRESETS)})")
         return self
@@ -116,11 +123,8 @@ class SSLBackbone(nn.Module):
         on_meta = torch.empty(0).device.type == "meta"
         path = Path(cfg.pretrained).expanduser() if cfg.pretrained is not None else None
         if path is not None and not (on_meta and cfg.preset and not (path / "config.json").is_file()):
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"model.backbone.pretrained: {path} is not a Hugging Face checkpoint directory "
-                    "(expected config.json and model weights; metadg never downloads weights)"
-                )
+            # On the meta device (shapes only) a Hub id needs its config alone.
+            path = resolve_pretrained(cfg.pretrained, cfg.revision, config_only=on_meta)
             if on_meta:
                 # Shapes only (e.g. `metadg params`): from_pretrained refuses the meta device.
                 hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
