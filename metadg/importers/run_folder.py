@@ -52,13 +52,23 @@ def import_run(checkpoint: str | Path, out_dir: str | Path, kind: str, rename: C
 
     Strays, missing keys and shape mismatches are errors naming a key; `other` says what to try instead.
     """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    check_empty(out_dir)
+    return write_run(load_published(checkpoint), checkpoint, out_dir, kind, rename, config, other)
+
+
+def check_empty(out_dir: Path) -> None:
+    """Refuse an output folder that already holds something (an import never overwrites)."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir}: already exists and is not empty; choose another folder")
+
+
+def write_run(published: dict[str, torch.Tensor], checkpoint: Path, out_dir: Path, kind: str,
+              rename: Callable[[str], str | None], config: dict[str, Any], other: str) -> Path:
+    """import_run's work on tensors already read from `checkpoint` (an importer may split them first)."""
     from metadg.engine.build import build_model_and_adapter
     from metadg.engine.trainer import RunResult
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"{out_dir}: already exists and is not empty; choose another folder")
-    published = load_published(checkpoint)
     unknown = sorted(k for k in published if rename(k) is None)
     if unknown:
         raise CheckpointError(f"{checkpoint}: {len(unknown)} key(s) are not {kind}'s, e.g. {unknown[0]!r}")
