@@ -1,4 +1,4 @@
-"""The `metadg` command: run, bench, search, eval, score, soup, import, params, list, upload."""
+"""The `metadg` command: run, bench, search, eval, score, soup, params, list, upload; import, convert, export, register."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic_core import PydanticUndefined
 
 from metadg.config import ConfigError
+from metadg.deploy import commands as deploy_commands
 from metadg.engine import distributed
 from metadg.errors import EXIT_STOPPED, EXIT_USAGE, handle  # noqa: F401  (exit statuses: kept importable here)
 from metadg.registry import (ADAPTERS, ALGORITHMS, HEADS, LOSSES, MODELS, PRUNERS, SAMPLERS, SCHEDULES, SELECTIONS, TASKS,
@@ -75,12 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--greedy", action="store_true",
                       help="greedy soup: add runs in order of dev score while the soup's dev metric improves (default: uniform mean)")
     soup.add_argument("--device", default="cpu")
-    imp = sub.add_parser("import", help="turn a published checkpoint of another code base into a metadg run folder")
-    imp.add_argument("kind", choices=["aasist", "rawnet2"],
-                     help="aasist: clovaai/aasist AASIST.pth / AASIST-L.pth; rawnet2: its RawNet2Spoof (baseline conf)")
-    imp.add_argument("checkpoint", help="the published file (a plain state dict, loaded with weights_only=True)")
-    imp.add_argument("out", help="run folder to create (must not exist or be empty)")
-    imp.add_argument("--preset", default="AASIST", choices=["AASIST", "AASIST-L"], help="aasist: the model the file holds")
+    deploy_commands.add_parsers(sub)
     sub.add_parser("list", help="list registered plugins and their hyperparameters")
     params = sub.add_parser("params", help="count total, trainable and per-module trainable parameters")
     params.add_argument("config")
@@ -178,21 +174,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"scored {scored} file(s){f', {failed} unreadable (see the error column)' if failed else ''}: {args.out}")
     print(f"decision: {rule}" + (f"; windows: {args.per_window}" if args.per_window else ""))
     return 0 if scored or not failed else 1
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    """Import a published checkpoint and say how to use the run folder."""
-    from metadg.importers.aasist import import_aasist
-    from metadg.importers.rawnet2 import import_rawnet2
-
-    if args.kind == "aasist":
-        out, what = import_aasist(args.checkpoint, args.out, args.preset), args.preset
-    else:
-        out, what = import_rawnet2(args.checkpoint, args.out), "RawNet2"
-    print(f"imported {args.checkpoint} as {what}: {out}\n"
-          f"  evaluate: metadg eval {out} --sets SETS.yaml   score: metadg score {out} FILES...\n"
-          f"  fine-tune: set `model: {{init_from: {out}, ...}}` (same backbone and head) in a run config")
-    return 0
 
 
 def cmd_soup(args: argparse.Namespace) -> int:
@@ -368,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_upload(args)
         if args.command == "soup":
             return cmd_soup(args)
-        if args.command == "import":
-            return cmd_import(args)
+        if args.command in deploy_commands.COMMANDS:
+            return deploy_commands.run(args)
         if args.command == "search":
             return cmd_search(args)
         return cmd_bench(args)
