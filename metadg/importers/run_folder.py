@@ -66,6 +66,7 @@ def check_empty(out_dir: Path) -> None:
 def write_run(published: dict[str, torch.Tensor], checkpoint: Path, out_dir: Path, kind: str,
               rename: Callable[[str], str | None], config: dict[str, Any], other: str) -> Path:
     """import_run's work on tensors already read from `checkpoint` (an importer may split them first)."""
+    from metadg.engine.accounting import count_parameters
     from metadg.engine.build import build_model_and_adapter
     from metadg.engine.trainer import RunResult
 
@@ -91,8 +92,8 @@ def write_run(published: dict[str, torch.Tensor], checkpoint: Path, out_dir: Pat
     meta = {"config": exp.to_dict(), "step": 0, "dev": {}, "num_classes": 2,
             "frozen_fingerprint": frozen_fingerprint(model), "imported_from": str(checkpoint)}
     save_checkpoint(out_dir / "checkpoints" / "best", adapter.state_dict(model), meta)
-    n = sum(p.numel() for p in model.parameters())
-    result = RunResult(out_dir.name, str(out_dir), 0, 0, n, n, n, {}, {}, None, "imported")
+    trainable, total, full = count_parameters(model, adapter)  # a head_only import trains its head only
+    result = RunResult(out_dir.name, str(out_dir), 0, 0, trainable, total, full, {}, {}, None, "imported")
     atomic_write_text(out_dir / "results.json", json.dumps(asdict(result), indent=2))
     return out_dir
 
