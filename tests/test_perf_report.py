@@ -69,7 +69,9 @@ def test_header_names_machine_date_and_every_section(report):
     assert f"torch {data['machine']['torch']} (threads pinned to 1)" in md
     assert f"{os.cpu_count()} cores" in md
     for heading in ("## Targets", "## 1. MLDG overhead", "## 2. LoRA vs full", "## 3. Training throughput",
-                    "## 4. Evaluation", "## 5. Scale notes", "## 6. The DG algorithm zoo", "### Profile"):
+                    "## 4. Evaluation", "## 5. Scale notes", "## 6. The DG algorithm zoo", "### Profile",
+                    "## 7. From-scratch detectors", "### Batched RawBoost", "### Gradient checkpointing",
+                    "## 8. Deployment", "### Scoring with LoRA merged"):
         assert heading in md
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE))
 import adapters  # noqa: E402
 import algorithms  # noqa: E402
 import profile_mldg  # noqa: E402
+import report_detectors  # noqa: E402
 import scale  # noqa: E402
 import scoring  # noqa: E402
 import step_time  # noqa: E402
@@ -53,7 +54,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 GPU_COUNTS = [1, 2, 4, 8]
-SECTIONS = ("MLDG overhead", "LoRA vs full", "throughput", "evaluation", "scale notes", "algorithms")
+SECTIONS = ("MLDG overhead", "LoRA vs full", "throughput", "evaluation", "scale notes", "algorithms", "detectors",
+            "deployment")
 
 
 class Report:
@@ -372,7 +374,9 @@ def main(argv: list[str] | None = None) -> None:
                           ("throughput", lambda: throughput_section(rep, p, args.threads)),
                           ("evaluation", lambda: scoring_section(rep, p, args.threads)),
                           ("scale notes", lambda: scale_section(rep, p)),
-                          ("algorithms", lambda: algorithms_section(rep, p, args.threads))):
+                          ("algorithms", lambda: algorithms_section(rep, p, args.threads)),
+                          ("detectors", lambda: report_detectors.detectors_section(rep, args.quick, args.threads)),
+                          ("deployment", lambda: report_detectors.deployment_section(rep, args.quick, args.threads))):
         if args.sections and name not in args.sections:
             continue
         print(f"[{time.perf_counter() - t0:5.0f} s] {name}", flush=True)
