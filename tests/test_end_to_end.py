@@ -57,6 +57,9 @@ def test_tiny_experiment_trains_tracks_and_reloads(tracked, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "scores", "checkpoint", "det.png"} <= artifacts
     assert (run_dir / "scores" / "det.png").stat().st_size > 1000
+    from metadg.deploy.register import logged_detector  # the run's deployable model, logged as it finished
+
+    assert logged_detector(result.run_id, exp.tracking.uri) is not None  # READY (tests/test_deploy_mlflow.py loads one)
 
     # The best checkpoint rebuilds the model and reproduces the saved scores
     _, model, _, meta = load_trained(run_dir / "checkpoints" / "best")

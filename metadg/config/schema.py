@@ -150,6 +150,8 @@ class TrackingConfig(StrictModel):
         return value
 
     experiment: str = Field("metadg", description="MLflow experiment name")
+    log_model: bool = Field(True, description="log each finished run's detector as an MLflow pyfunc model (with its "
+                            "model card) for `metadg register` and `mlflow models serve`")
     artifact_location: str | None = Field(
         None, description="artifact root for a new experiment; default ./mlartifacts beside a sqlite store"
     )

@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("run", help="run folder (or its checkpoints/best)")
     reg.add_argument("--name", required=True, help="registered model name")
     reg.add_argument("--alias", help="alias to point at the new version, e.g. champion")
-    reg.add_argument("--uri", help="MLflow tracking URI (default: the run's tracking.uri)")
+    reg.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the run's tracking.uri)")
 
 
 def run(args: argparse.Namespace) -> int:

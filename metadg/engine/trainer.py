@@ -204,6 +204,8 @@ class Trainer:
         result = RunResult(exp.name, str(self.run_dir), loop.best_step, loop.step, trainable, total, full, loop.best_dev,
                            results, run_id, self.selection.label)
         atomic_write_text(self.run_dir / "results.json", json.dumps(asdict(result), indent=2))
+        if exp.tracking.log_model:  # the deployable model, with its card (which reads results.json)
+            self.tracker.log_model(run_id, self.run_dir)
         return result
 
     def _saved_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:

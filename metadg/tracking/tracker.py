@@ -299,13 +299,32 @@ class Tracker:
                 self.client.log_artifact(server_id, str(path), artifact_path)
 
         record: dict[str, Any] = {"op": "artifact", "path": str(path), "artifact_path": artifact_path}
-        run = self._runs.get(run_id) if run_id else None
+        self._record(run_id, self._with_rel(run_id, path, record), send)
+
+    def _with_rel(self, run_id: str, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` plus the path relative to the run's journal, so a run folder that moved can still be uploaded."""
+        run = self._runs.get(run_id)
         if run is not None and run.journal is not None and run.journal.path is not None:
-            # Relative to the journal too, so a run folder that moved can still be uploaded.
             folder = run.journal.path.parent.resolve()
             if path.is_relative_to(folder):
                 record["rel"] = str(path.relative_to(folder))
-        self._record(run_id, record, send)
+        return record
+
+    def log_model(self, run_id: str | None, run_dir: str | Path, artifact_path: str = "detector") -> None:
+        """Log the run folder's detector as an MLflow pyfunc model; journaled, so `metadg upload` logs it if offline."""
+        if not self.enabled or run_id is None:
+            return
+        path = Path(run_dir).resolve()
+        if not (path / "checkpoints" / "best").is_dir():  # our caller's mistake: must not turn tracking offline
+            raise FileNotFoundError(f"{path}: no checkpoints/best to log as a model")
+
+        def send(server_id: str) -> None:
+            from metadg.deploy.pyfunc import log_detector  # here, not at the top: tracking loads without the model stack
+
+            log_detector(path, run_id=server_id, tracking_uri=self.cfg.uri, artifact_path=artifact_path)
+
+        record: dict[str, Any] = {"op": "model", "path": str(path), "artifact_path": artifact_path}
+        self._record(run_id, self._with_rel(run_id, path, record), send)
 
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED."""

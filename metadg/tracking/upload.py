@@ -163,14 +163,26 @@ class Uploader:
                 client.log_batch(server_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()])
             elif op == "artifact":
                 self._artifact(client, run, server_id, rec)
+            elif op == "model":
+                self._model(run, server_id, rec, client.tracking_uri)
             elif op == "reopen":  # a resumed run; its later `end` record sets the final status
                 client.update_run(server_id, status="RUNNING")
             elif op == "end":
                 client.set_terminated(server_id, status=rec["status"], end_time=rec["time"])
 
+    def _model(self, run: JournalRun, server_id: str, rec: dict[str, Any], uri: str) -> None:
+        """A detector the run logged while offline: logged now from its run folder."""
+        path = _existing(run, rec)
+        if path is None:
+            self.report.skipped.append(f"{run.path}: model of run folder {rec['path']} no longer exists")
+            return
+        from metadg.deploy.pyfunc import log_detector  # here, not at the top: uploads of plain runs need no model stack
+
+        log_detector(path, run_id=server_id, tracking_uri=uri, artifact_path=rec.get("artifact_path") or "detector")
+        self.report.artifacts += 1
+
     def _artifact(self, client: Any, run: JournalRun, server_id: str, rec: dict[str, Any]) -> None:
-        candidates = ([run.path.parent / rec["rel"]] if rec.get("rel") else []) + [Path(rec["path"])]
-        path = next((p for p in candidates if p.exists()), None)
+        path = _existing(run, rec)
         if path is None:
             self.report.skipped.append(f"{run.path}: artifact {rec['path']} no longer exists")
             return
@@ -179,6 +191,12 @@ class Uploader:
         else:
             client.log_artifact(server_id, str(path), rec.get("artifact_path"))
         self.report.artifacts += 1
+
+
+def _existing(run: JournalRun, rec: dict[str, Any]) -> Path | None:
+    """A journaled path where it is now: relative to the journal (a moved run folder) or as recorded."""
+    candidates = ([run.path.parent / rec["rel"]] if rec.get("rel") else []) + [Path(rec["path"])]
+    return next((p for p in candidates if p.exists()), None)
 
 
 def _pending(records: list[dict[str, Any]], uri: str, same_backend: bool, everything: bool = False) -> list[dict[str, Any]]:
