@@ -24,6 +24,10 @@ Differences from the reference, all without effect on the parameter count:
 
 from __future__ import annotations
 
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -199,9 +203,24 @@ class GraphPool(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(B, N, D) → (B, max(int(N * ratio), 1), D)."""
         scores = torch.sigmoid(self.proj(self.drop(h)))  # (B, N, 1)
-        k = max(int(h.shape[1] * self.ratio), 1)
+        n, exact = h.shape[1], integer_ratio(float(self.ratio))
+        if isinstance(n, torch.SymInt) and exact is not None:
+            # Traced for export: int(N · ratio) through a float would be frozen at the traced N; the
+            # same count in integer arithmetic stays an expression of the input length.
+            k = torch.sym_max(n * exact[0] // exact[1], 1)
+        else:
+            k = max(int(n * self.ratio), 1)  # the published models' float arithmetic
         idx = scores.topk(k, dim=1).indices.expand(-1, -1, h.shape[-1])
         return torch.gather(h * scores, 1, idx)
+
+
+@lru_cache(maxsize=None)
+def integer_ratio(ratio: float, limit: int = 1 << 20) -> tuple[int, int] | None:
+    """(p, q) with n·p // q == int(n · ratio) for every node count n < limit; None if float rounding breaks that."""
+    frac = Fraction(ratio).limit_denominator(1000)
+    n = np.arange(1, limit, dtype=np.int64)
+    same = np.array_equal((n * frac.numerator) // frac.denominator, np.floor(n * ratio).astype(np.int64))
+    return (frac.numerator, frac.denominator) if same else None
 
 
 class HeteroBranch(nn.Module):
