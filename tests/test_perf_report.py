@@ -71,7 +71,8 @@ def test_header_names_machine_date_and_every_section(report):
     for heading in ("## Targets", "## 1. MLDG overhead", "## 2. LoRA vs full", "## 3. Training throughput",
                     "## 4. Evaluation", "## 5. Scale notes", "## 6. The DG algorithm zoo", "### Profile",
                     "## 7. From-scratch detectors", "### Batched RawBoost", "### Gradient checkpointing",
-                    "## 8. Deployment", "### Scoring with LoRA merged"):
+                    "## 8. Deployment", "### Scoring with LoRA merged", "### ONNX Runtime vs PyTorch eager",
+                    "### The served MLflow model"):
         assert heading in md
 
 

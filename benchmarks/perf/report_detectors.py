@@ -10,7 +10,9 @@ from typing import Any
 import checkpointing
 import detectors
 import merged_scoring
+import onnx_runtime
 import rawboost
+import serving
 
 
 def detectors_section(rep: Any, quick: bool, threads: int) -> None:
@@ -49,7 +51,7 @@ def detectors_section(rep: Any, quick: bool, threads: int) -> None:
 
 
 def deployment_section(rep: Any, quick: bool, threads: int) -> None:
-    """8. Scoring with merged vs unmerged LoRA (the ONNX and serving figures are added by their scripts)."""
+    """8. Scoring with merged vs unmerged LoRA, ONNX Runtime vs eager PyTorch, the served MLflow model."""
     args = merged_scoring.parse_args(["--threads", str(threads),
                                       *(["--sizes", "tiny", "--utts", "4", "--rounds", "2"] if quick else [])])
     res = merged_scoring.measure(args)
@@ -58,3 +60,16 @@ def deployment_section(rep: Any, quick: bool, threads: int) -> None:
             "`utterance_logits` (the path of `metadg score`, `metadg eval` and the MLflow model) on the same 4 s "
             "utterances, round-robin; scores agree to the last column's difference.", "",
             *merged_scoring.table(res), "")
+    onnx_args = onnx_runtime.parse_args(["--threads", str(threads), *(["--sizes", "tiny", "--heads", "linear",
+                                                                         "--rounds", "5"] if quick else [])])
+    ox = onnx_runtime.measure(onnx_args)
+    rep.data["onnx"] = ox
+    rep.add("### ONNX Runtime vs PyTorch eager (`metadg export`)", "",
+            "One 4 s clip per call, batch 1, the merged model in `torch.inference_mode` vs its ONNX export on "
+            "ONNX Runtime's CPU provider, round-robin.", "", onnx_runtime.render(ox), "")
+    sv_args = serving.parse_args(["--threads", str(threads), *(["--quick"] if quick else [])])
+    sv = serving.measure(sv_args)
+    rep.data["serving"] = sv
+    rep.add("### The served MLflow model (`mlflow models serve --env-manager local`, 127.0.0.1)", "",
+            "A tiny trained run, registered and served locally; one 4 s clip per request, sent by path or as samples "
+            "in the JSON body; bounded by request count and time.", "", *serving.table(sv), "")
