@@ -53,7 +53,8 @@ def detectors_section(rep: Any, quick: bool, threads: int) -> None:
 def deployment_section(rep: Any, quick: bool, threads: int) -> None:
     """8. Scoring with merged vs unmerged LoRA, ONNX Runtime vs eager PyTorch, the served MLflow model."""
     args = merged_scoring.parse_args(["--threads", str(threads),
-                                      *(["--sizes", "tiny", "--utts", "4", "--rounds", "2"] if quick else [])])
+                                      *(["--sizes", "tiny", "--utts", "4", "--rounds", "2"] if quick else
+                                        ["--utts", "8"])])
     res = merged_scoring.measure(args)
     rep.data["merged_scoring"] = res
     rep.add("## 8. Deployment", "", "### Scoring with LoRA merged vs the unmerged peft model", "",
