@@ -241,3 +241,11 @@ def test_the_export_command_writes_the_graph(run_dir, tmp_path, capsys):
     assert "LoRA merged" in out and props(tmp_path / "d.onnx")["opset"] == "18"
     status, _, err = cli(capsys, "export", str(run_dir), str(tmp_path / "e.onnx"), "--opset", "7")
     assert status != 0 and "opset 7" in err and not (tmp_path / "e.onnx").exists()
+
+
+def test_the_exported_graph_carries_its_model_card(exported):
+    card = props(exported.onnx)["model_card"]
+    assert card.startswith("#") and "Intended use" in card
+    assert ox.card_path(exported.onnx).read_text(encoding="utf-8") == card
+    trained = json.loads((exported.run / "results.json").read_text())
+    assert "| eer |" in card and f"{trained['dev']['eer']:.4g}" in card  # the run's own dev figure

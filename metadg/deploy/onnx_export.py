@@ -73,8 +73,21 @@ class _Logits(nn.Module):
 def export_onnx(run: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, device: str = "cpu") -> Path:
     """Export `run`'s trained model (run or checkpoint folder), LoRA merged, to `out` at ONNX `opset` (default 18)."""
     # The Detector loads the best checkpoint and merges LoRA in memory; nothing is written to the run folder.
+    from metadg.deploy.model_card import model_card
+
     detector = Detector(run, device=device)
-    return export_model(detector.model, out, run_metadata(detector), opset)
+    card = model_card(run)
+    path = export_model(detector.model, out, {**run_metadata(detector), "model_card": card}, opset)
+    # The card travels in the graph's metadata and, for people, as a README beside it.
+    readme = card_path(path)
+    readme.write_text(card, encoding="utf-8")
+    return path
+
+
+def card_path(onnx_path: str | Path) -> Path:
+    """Where the model card of an exported graph is written: detector.onnx → detector.README.md."""
+    p = Path(onnx_path)
+    return p.with_name(f"{p.stem}.README.md")
 
 
 def run_metadata(detector: Detector) -> dict[str, Any]:
