@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make quickstart   create .venv, install, run benchmarks/quickstart.yaml on synthetic data
 #   make test         create .venv, install with the dev extra, run the test suite
-#   make perf         run every perf measurement, write benchmarks/perf/REPORT.md (~40 min on 2 cores; PERF_ARGS=--quick: minutes)
+#   make perf         run every perf measurement, write benchmarks/perf/REPORT.md (~70 min on 2 cores; PERF_ARGS=--quick: minutes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
