@@ -232,16 +232,23 @@ def using_uri(uri: str | None) -> Iterator[None]:
 
 @contextmanager
 def _quiet_pickle_warning() -> Iterator[None]:
-    """Silence MLflow's CloudPickle warning: DetectorModel is stateless and importable, so it pickles by reference."""
+    """Silence MLflow's CloudPickle warning (DetectorModel pickles by reference) and its artifact progress bars."""
     def drop(record: logging.LogRecord) -> bool:
         return "CloudPickle" not in record.getMessage()
 
     logger = logging.getLogger("mlflow.pyfunc")
     logger.addFilter(drop)
+    # MLflow's example check downloads the model's artifacts with a progress bar per run; in a
+    # benchmark's output that is two lines of clutter for every cell.
+    bar, os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"), "false"
     try:
         yield
     finally:
         logger.removeFilter(drop)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def _requirements() -> list[str]:
