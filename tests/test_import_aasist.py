@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from metadg.engine.build import load_trained
 from metadg.engine.checkpoint import CheckpointError
 from metadg.models.aasist_raw import PRESETS, SincFilters
+from aasist_reference import Published
 from hostile import cli
 
 PRESET = "AASIST-L"  # its hetero pool ratio (0.7) differs from pool_ratios[3]: the index matters
@@ -78,68 +79,20 @@ def published_state(preset: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def reference_logits(sd: dict[str, torch.Tensor], wave: torch.Tensor, preset: str) -> torch.Tensor:
     """The published model's eval-mode forward, computed from the state dict with functional ops."""
-    cfg = PRESETS[preset]
+    cfg, ref = PRESETS[preset], Published(sd)
     ratios, temps = cfg["pool_ratios"], cfg["temperatures"]
-
-    def lin(name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, sd[f"{name}.weight"], sd[f"{name}.bias"])
-
-    def bn(name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                            sd[f"{name}.bias"], False, 0.0, 1e-5)
-
-    def node_bn(name: str, x: torch.Tensor) -> torch.Tensor:
-        return bn(name, x.reshape(-1, x.shape[-1])).reshape(x.shape)
-
-    def gat(name: str, x: torch.Tensor, temp: float) -> torch.Tensor:
-        pair = x.unsqueeze(2) * x.unsqueeze(1)
-        att = torch.softmax((torch.tanh(lin(f"{name}.att_proj", pair)) @ sd[f"{name}.att_weight"]) / temp, dim=-2)
-        out = lin(f"{name}.proj_with_att", att.squeeze(-1) @ x) + lin(f"{name}.proj_without_att", x)
-        return F.selu(node_bn(f"{name}.bn", out))
-
-    def htrg(name: str, x1: torch.Tensor, x2: torch.Tensor, master: torch.Tensor, temp: float):
-        n1 = x1.shape[1]
-        x = torch.cat([lin(f"{name}.proj_type1", x1), lin(f"{name}.proj_type2", x2)], dim=1)
-        hidden = torch.tanh(lin(f"{name}.att_proj", x.unsqueeze(2) * x.unsqueeze(1)))
-        board = torch.zeros(*hidden.shape[:3], 1)
-        board[:, :n1, :n1] = hidden[:, :n1, :n1] @ sd[f"{name}.att_weight11"]
-        board[:, n1:, n1:] = hidden[:, n1:, n1:] @ sd[f"{name}.att_weight22"]
-        board[:, :n1, n1:] = hidden[:, :n1, n1:] @ sd[f"{name}.att_weight12"]
-        board[:, n1:, :n1] = hidden[:, n1:, :n1] @ sd[f"{name}.att_weight12"]
-        att = torch.softmax(board / temp, dim=-2)
-        m_att = torch.softmax((torch.tanh(lin(f"{name}.att_projM", x * master)) @ sd[f"{name}.att_weightM"]) / temp,
-                              dim=-2)
-        master = lin(f"{name}.proj_with_attM", m_att.squeeze(-1).unsqueeze(1) @ x) + lin(f"{name}.proj_without_attM",
-                                                                                          master)
-        out = F.selu(node_bn(f"{name}.bn", lin(f"{name}.proj_with_att", att.squeeze(-1) @ x)
-                             + lin(f"{name}.proj_without_att", x)))
-        return out[:, :n1], out[:, n1:], master
-
-    def pool(name: str, h: torch.Tensor, ratio: float) -> torch.Tensor:
-        scores = torch.sigmoid(lin(f"{name}.proj", h))
-        idx = torch.topk(scores, max(int(h.shape[1] * ratio), 1), dim=1).indices.expand(-1, -1, h.shape[-1])
-        return torch.gather(h * scores, 1, idx)
-
     x = F.conv1d(wave.unsqueeze(1), SincFilters(cfg["filts"][0], cfg["first_conv"], 16000).filters).unsqueeze(1)
-    x = F.selu(bn("first_bn", F.max_pool2d(x.abs(), (3, 3))))
+    x = F.selu(ref.bn("first_bn", F.max_pool2d(x.abs(), (3, 3))))
     for i in range(6):
         p = f"encoder.{i}.0"
-        out = F.conv2d(x, sd[f"{p}.conv1.weight"], sd[f"{p}.conv1.bias"], padding=(1, 1))
-        out = F.conv2d(F.selu(bn(f"{p}.bn2", out)), sd[f"{p}.conv2.weight"], sd[f"{p}.conv2.bias"], padding=(0, 1))
-        skip = (F.conv2d(x, sd[f"{p}.conv_downsample.weight"], sd[f"{p}.conv_downsample.bias"], padding=(0, 1))
-                if f"{p}.conv_downsample.weight" in sd else x)
+        out = ref.conv(f"{p}.conv1", x, (1, 1))
+        out = ref.conv(f"{p}.conv2", F.selu(ref.bn(f"{p}.bn2", out)), (0, 1))
+        skip = ref.conv(f"{p}.conv_downsample", x, (0, 1)) if f"{p}.conv_downsample.weight" in sd else x
         x = F.max_pool2d(out + skip, (1, 3))
-    out_s = pool("pool_S", gat("GAT_layer_S", x.abs().amax(3).transpose(1, 2) + sd["pos_S"], temps[0]), ratios[0])
-    out_t = pool("pool_T", gat("GAT_layer_T", x.abs().amax(2).transpose(1, 2), temps[1]), ratios[1])
-    paths = []
-    for k in ("1", "2"):
-        t1, s1, m1 = htrg(f"HtrgGAT_layer_ST{k}1", out_t, out_s, sd[f"master{k}"], temps[2])
-        s1, t1 = pool(f"pool_hS{k}", s1, ratios[2]), pool(f"pool_hT{k}", t1, ratios[2])
-        t2, s2, m2 = htrg(f"HtrgGAT_layer_ST{k}2", t1, s1, m1, temps[2])
-        paths.append((t1 + t2, s1 + s2, m1 + m2))
-    t, s, m = (torch.maximum(a, b) for a, b in zip(*paths))
-    hidden = torch.cat([t.abs().amax(1), t.mean(1), s.abs().amax(1), s.mean(1), m.squeeze(1)], dim=1)
-    return lin("out_layer", hidden)
+    out_s = ref.pool("pool_S", ref.gat("GAT_layer_S", x.abs().amax(3).transpose(1, 2) + sd["pos_S"], temps[0]),
+                     ratios[0])
+    out_t = ref.pool("pool_T", ref.gat("GAT_layer_T", x.abs().amax(2).transpose(1, 2), temps[1]), ratios[1])
+    return ref.heterogeneous_readout(out_s, out_t, ratios[2], temps[2])
 
 
 def test_the_published_layout_imports_and_scores_like_the_direct_computation(tmp_path, capsys):

@@ -23,6 +23,7 @@ from metadg.config import ConfigError, build_experiment
 from metadg.engine.build import build_model_and_adapter, load_trained
 from metadg.engine.checkpoint import CheckpointError, read_checkpoint
 from metadg.importers.ssl_aasist import import_ssl_aasist
+from aasist_reference import Published
 from hostile import cli, tone
 from test_convert_fairseq import to_fairseq
 
@@ -106,68 +107,21 @@ def backend_state(in_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def reference_logits(sd: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
     """SSL_Anti-spoofing's back-end in eval mode on (B, F, H) encoder outputs, from the state dict."""
-    def lin(name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, sd[f"{name}.weight"], sd[f"{name}.bias"])
-
-    def bn(name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                            sd[f"{name}.bias"], False, 0.0, 1e-5)
-
-    def conv(name: str, x: torch.Tensor, padding: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        return F.conv2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=padding)
-
-    def node_bn(name: str, x: torch.Tensor) -> torch.Tensor:
-        return bn(name, x.reshape(-1, x.shape[-1])).reshape(x.shape)
-
-    def gat(name: str, x: torch.Tensor, temp: float) -> torch.Tensor:
-        pair = x.unsqueeze(2) * x.unsqueeze(1)
-        att = torch.softmax((torch.tanh(lin(f"{name}.att_proj", pair)) @ sd[f"{name}.att_weight"]) / temp, dim=-2)
-        out = lin(f"{name}.proj_with_att", att.squeeze(-1) @ x) + lin(f"{name}.proj_without_att", x)
-        return F.selu(node_bn(f"{name}.bn", out))
-
-    def htrg(name: str, x1: torch.Tensor, x2: torch.Tensor, master: torch.Tensor, temp: float):
-        n1 = x1.shape[1]
-        x = torch.cat([lin(f"{name}.proj_type1", x1), lin(f"{name}.proj_type2", x2)], dim=1)
-        hidden = torch.tanh(lin(f"{name}.att_proj", x.unsqueeze(2) * x.unsqueeze(1)))
-        board = torch.zeros(*hidden.shape[:3], 1)
-        board[:, :n1, :n1] = hidden[:, :n1, :n1] @ sd[f"{name}.att_weight11"]
-        board[:, n1:, n1:] = hidden[:, n1:, n1:] @ sd[f"{name}.att_weight22"]
-        board[:, :n1, n1:] = hidden[:, :n1, n1:] @ sd[f"{name}.att_weight12"]
-        board[:, n1:, :n1] = hidden[:, n1:, :n1] @ sd[f"{name}.att_weight12"]
-        att = torch.softmax(board / temp, dim=-2)
-        m_att = torch.softmax((torch.tanh(lin(f"{name}.att_projM", x * master)) @ sd[f"{name}.att_weightM"]) / temp,
-                              dim=-2)
-        master = (lin(f"{name}.proj_with_attM", m_att.squeeze(-1).unsqueeze(1) @ x)
-                  + lin(f"{name}.proj_without_attM", master))
-        out = F.selu(node_bn(f"{name}.bn", lin(f"{name}.proj_with_att", att.squeeze(-1) @ x)
-                             + lin(f"{name}.proj_without_att", x)))
-        return out[:, :n1], out[:, n1:], master
-
-    def pool(name: str, h: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
-        scores = torch.sigmoid(lin(f"{name}.proj", h))
-        idx = torch.topk(scores, max(int(h.shape[1] * ratio), 1), dim=1).indices.expand(-1, -1, h.shape[-1])
-        return torch.gather(h * scores, 1, idx)
-
-    x = lin("LL", feats).transpose(1, 2).unsqueeze(1)  # (B, 1, 128, F)
-    x = F.selu(bn("first_bn", F.max_pool2d(x, (3, 3))))
+    ref = Published(sd)
+    x = ref.lin("LL", feats).transpose(1, 2).unsqueeze(1)  # (B, 1, 128, F)
+    x = F.selu(ref.bn("first_bn", F.max_pool2d(x, (3, 3))))
     for i in range(len(FILTS)):
         p = f"encoder.{i}.0"
-        out = conv(f"{p}.conv1", x, (1, 1))  # the reference computes bn1/selu and then convolves x itself
-        out = conv(f"{p}.conv2", F.selu(bn(f"{p}.bn2", out)), (0, 1))
-        x = out + (conv(f"{p}.conv_downsample", x, (0, 1)) if f"{p}.conv_downsample.weight" in sd else x)
-    x = F.selu(bn("first_bn1", x))
-    w = conv("attention.3", bn("attention.2", F.selu(conv("attention.0", x))))
+        out = ref.conv(f"{p}.conv1", x, (1, 1))  # the reference computes bn1/selu and then convolves x itself
+        out = ref.conv(f"{p}.conv2", F.selu(ref.bn(f"{p}.bn2", out)), (0, 1))
+        x = out + (ref.conv(f"{p}.conv_downsample", x, (0, 1)) if f"{p}.conv_downsample.weight" in sd else x)
+    x = F.selu(ref.bn("first_bn1", x))
+    w = ref.conv("attention.3", ref.bn("attention.2", F.selu(ref.conv("attention.0", x))))
     e_s = (x * torch.softmax(w, dim=-1)).sum(-1).transpose(1, 2) + sd["pos_S"]
     e_t = (x * torch.softmax(w, dim=-2)).sum(-2).transpose(1, 2)
-    out_s, out_t = pool("pool_S", gat("GAT_layer_S", e_s, 2.0)), pool("pool_T", gat("GAT_layer_T", e_t, 2.0))
-    paths = []
-    for k in ("1", "2"):
-        t1, s1, m1 = htrg(f"HtrgGAT_layer_ST{k}1", out_t, out_s, sd[f"master{k}"], 100.0)
-        s1, t1 = pool(f"pool_hS{k}", s1), pool(f"pool_hT{k}", t1)
-        t2, s2, m2 = htrg(f"HtrgGAT_layer_ST{k}2", t1, s1, m1, 100.0)
-        paths.append((t1 + t2, s1 + s2, m1 + m2))
-    t, s, m = (torch.maximum(a, b) for a, b in zip(*paths))
-    return lin("out_layer", torch.cat([t.abs().amax(1), t.mean(1), s.abs().amax(1), s.mean(1), m.squeeze(1)], dim=1))
+    out_s = ref.pool("pool_S", ref.gat("GAT_layer_S", e_s, 2.0), 0.5)
+    out_t = ref.pool("pool_T", ref.gat("GAT_layer_T", e_t, 2.0), 0.5)
+    return ref.heterogeneous_readout(out_s, out_t, 0.5, 100.0)
 
 
 @pytest.fixture(scope="module")
