@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import NO_DROPOUT, SIZES, in_fresh_processes, peak_step_mib, quartiles, sync, train_step  # noqa: E402  (shared helpers)
+from step_time import NO_DROPOUT, SIZES, emit, in_fresh_processes, peak_step_mib, quartiles, sync, train_step  # noqa: E402  (shared helpers)
 
 from metadg.adapters.base import Adapter  # noqa: E402
 from metadg.algorithms.erm import ERM  # noqa: E402
@@ -275,11 +275,7 @@ def main() -> None:
     header = (f"device {args.device}, threads {args.threads}, ERM + AdamW, median of ≤ {args.steps} steps / "
               f"≤ {args.infer_steps} forwards after {args.warmup} warm-up, round-robin")
     report = "\n".join([header, "", *lines, "", *verdicts])
-    print("\n" + report)
-    print(f"\ntotal runtime {time.perf_counter() - t_start:.0f} s")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
+    emit(report, args.out, t_start)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapters import round_robin  # noqa: E402  (shared helpers)
 from step_time import (  # noqa: E402
-    MIB, N_DOMAINS, NO_DROPOUT, SAMPLES, SIZES, current_rss, in_fresh_processes, make_batches, peak_step_mib,
+    MIB, N_DOMAINS, NO_DROPOUT, SAMPLES, SIZES, current_rss, emit, in_fresh_processes, make_batches, peak_step_mib,
     per_domain, quartiles, sync, timing_arguments, train_step,
 )
 
@@ -297,11 +297,7 @@ def main() -> None:
               f"brackets the bytes of those tensors alone); conv floor = peak of a no-grad forward of the conv feature "
               f"encoder alone, which no layer checkpointing lowers. Each memory figure from a fresh child process.")
     report = "\n".join([header, "", render(result)])
-    print("\n" + report)
-    print(f"\ntotal runtime {time.perf_counter() - t_start:.0f} s")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
+    emit(report, args.out, t_start)
 
 
 if __name__ == "__main__":

@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     """Measure and print the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    text = "\n".join(table(measure(args)))
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    step_time.emit("\n".join(table(measure(args))), args.out)
 
 
 if __name__ == "__main__":

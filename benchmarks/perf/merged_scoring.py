@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapters import build_base, round_robin, with_adapter  # noqa: E402
-from step_time import quartiles  # noqa: E402
+from step_time import emit, quartiles  # noqa: E402
 
 from metadg.engine.scoring import utterance_logits  # noqa: E402
 from metadg.tasks.base import Utterances  # noqa: E402
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     """Measure and print the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    text = "\n".join(table(measure(args)))
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit("\n".join(table(measure(args))), args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import NO_DROPOUT, SIZES, quartiles  # noqa: E402  (shared helpers)
+from step_time import NO_DROPOUT, SIZES, emit, quartiles  # noqa: E402  (shared helpers)
 
 from metadg.config import validate_plugin  # noqa: E402
 from metadg.deploy.onnx_export import INPUT, OUTPUT, export_model, ort_session  # noqa: E402
@@ -141,11 +141,7 @@ def main() -> None:
               f"{args.warmup} warm-up, round-robin; LoRA (r = 16) merged; ORT CPUExecutionProvider, all graph "
               "optimisations")
     report = "\n".join([header, "", render(result)])
-    print("\n" + report)
-    print(f"\ntotal runtime {time.perf_counter() - t_start:.0f} s")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
+    emit(report, args.out, t_start)
 
 
 if __name__ == "__main__":

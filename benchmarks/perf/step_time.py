@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -241,6 +242,15 @@ def memory_in_fresh_process(job: tuple[str, str, str], args: argparse.Namespace)
     return measure_memory(*job, args)
 
 
+def emit(report: str, out: str | None, started: float | None = None) -> None:
+    """Print a script's Markdown report (and its runtime since `started`); also write it to `out` if given."""
+    print("\n" + report)
+    if started is not None:
+        print(f"\ntotal runtime {time.perf_counter() - started:.0f} s")
+    if out:
+        Path(out).write_text(report + "\n")
+
+
 def quartiles(values: list[float]) -> tuple[float, float]:
     """First and third quartile (the values themselves when there are fewer than two)."""
     if len(values) < 2:
@@ -330,11 +340,7 @@ def main() -> None:
     header = (f"device {args.device}, threads {args.threads}, {N_DOMAINS} domains × utterances × {SAMPLES} samples, "
               f"median of ≤ {args.steps} steps after {args.warmup} warm-up, round-robin")
     report = "\n".join([header, "", render(rows), "", *verdicts])
-    print("\n" + report)
-    print(f"\ntotal runtime {time.perf_counter() - t_start:.0f} s")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
+    emit(report, args.out, t_start)
 
 
 if __name__ == "__main__":
