@@ -37,7 +37,7 @@ from typing import Any
 
 from metadg.config import ConfigError
 from metadg.engine.checkpoint import CheckpointError
-from metadg.importers.aasist import SUFFIXES
+from metadg.importers.aasist import SUFFIXES, graph_renames
 from metadg.importers.fairseq_wav2vec2 import map_state_dict, write_hf_folder
 from metadg.importers.run_folder import check_empty, load_published, renamer, spoof_config, write_run
 
@@ -50,21 +50,7 @@ RENAMES: list[tuple[str, str]] = [
     (r"^encoder\.(\d+)\.0\.conv_downsample\.", r"head.encoder.\1.skip."),
     (r"^encoder\.(\d+)\.0\.", r"head.encoder.\1."),
     (r"^attention\.", "head.attention."),
-    (r"^pos_S$", "head.pos_s"),
-    (r"^master1$", "head.branches.0.master"),
-    (r"^master2$", "head.branches.1.master"),
-    (r"^GAT_layer_S\.", "head.gat_s."),
-    (r"^GAT_layer_T\.", "head.gat_t."),
-    (r"^HtrgGAT_layer_ST11\.", "head.branches.0.htrg1."),
-    (r"^HtrgGAT_layer_ST12\.", "head.branches.0.htrg2."),
-    (r"^HtrgGAT_layer_ST21\.", "head.branches.1.htrg1."),
-    (r"^HtrgGAT_layer_ST22\.", "head.branches.1.htrg2."),
-    (r"^pool_S\.", "head.pool_s."),
-    (r"^pool_T\.", "head.pool_t."),
-    (r"^pool_hS1\.", "head.branches.0.pool_s."),
-    (r"^pool_hT1\.", "head.branches.0.pool_t."),
-    (r"^pool_hS2\.", "head.branches.1.pool_s."),
-    (r"^pool_hT2\.", "head.branches.1.pool_t."),
+    *graph_renames("head."),
     (r"^out_layer\.", "head.out."),
 ]
 OTHER = "is it an SSL_Anti-spoofing W2V2-AASIST state dict, and --backbone the XLS-R it was fine-tuned from?"
